@@ -1,0 +1,86 @@
+# detserve: from a labelled image folder to a served detector.
+# `make demo` runs the whole job on a synthetic dataset; `make test` runs the test suite.
+# Every target that needs Python sets the environment up first (idempotent, see `setup`).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DETSERVE := $(BIN)/detserve
+
+# Where the pipeline reads and writes; override on the command line, e.g.
+#   make data DATA_FORMAT=voc IMAGES=path/images ANNOTATIONS=path/annotations DATA=data/mine
+RUN ?= runs
+SYNTH ?= $(RUN)/synthetic
+IMAGES ?= $(SYNTH)/images
+ANNOTATIONS ?= $(SYNTH)/annotations
+DATA_FORMAT ?= voc
+CLASS_MAP ?=
+DATA ?= $(RUN)/data
+MODEL_DIR ?= $(RUN)/model
+STEPS ?= 2000
+BATCH_SIZE ?= 8
+DEPTH_MULTIPLIER ?= 0.5
+# A Keras MobileNetV2 ImageNet .h5 (alpha = DEPTH_MULTIPLIER) or `imagenet` to download it; empty = from scratch.
+BACKBONE_WEIGHTS ?=
+TRAIN_FLAGS ?=
+
+# The demo: small enough for a 2-core laptop, big enough to learn the synthetic shapes.
+DEMO_IMAGES ?= 240
+DEMO_STEPS ?= 600
+DEMO_DEPTH_MULTIPLIER ?= 0.35
+
+PYTEST_FLAGS ?=
+
+.PHONY: help setup lock test lint demo synth data train evaluate clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+# The stamp is rebuilt when any pinned file changes.
+$(VENV)/.installed: $(BIN)/activate requirements/runtime.in requirements/constraints.txt requirements/no-deps.txt pyproject.toml client/pyproject.toml
+	$(BIN)/pip install --quiet --upgrade -c requirements/constraints.txt pip setuptools wheel
+	$(BIN)/pip install --quiet -c requirements/constraints.txt -r requirements/runtime.in
+	# These declare a dependency on the full `tensorflow` package: installed without dependencies
+	# next to tensorflow-cpu, pinned by hash.
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements/no-deps.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e client -e .
+	$(BIN)/python -m detserve.training.check_install
+	touch $@
+
+setup: $(VENV)/.installed ## Create .venv with the pinned stack (one TensorFlow: tensorflow-cpu)
+
+lock: $(VENV)/.installed ## Re-pin requirements/constraints.txt from the current .venv
+	$(BIN)/python -m detserve.training.check_install --write-constraints requirements/constraints.txt
+
+test: setup ## Run the test suite
+	$(BIN)/python -m pytest $(PYTEST_FLAGS)
+
+lint: setup ## ruff on the Python code
+	$(BIN)/ruff check training export serving client tests benchmarks
+
+synth: setup ## Write a synthetic VOC dataset (shapes on textured backgrounds) to $(SYNTH)
+	$(DETSERVE) synth --out $(SYNTH) --images $(DEMO_IMAGES) --seed 0
+
+data: setup ## Validate a dataset and write TFRecords + label_map.pbtxt to $(DATA)
+	$(DETSERVE) data --format $(DATA_FORMAT) --images $(IMAGES) --annotations $(ANNOTATIONS) --out $(DATA) \
+		$(if $(CLASS_MAP),--class-map $(CLASS_MAP),)
+
+train: setup ## Train SSD MobileNetV2 FPN-Lite on $(DATA) into $(MODEL_DIR) (resumes)
+	$(DETSERVE) train --data $(DATA) --model-dir $(MODEL_DIR) --steps $(STEPS) --batch-size $(BATCH_SIZE) \
+		--depth-multiplier $(DEPTH_MULTIPLIER) $(if $(BACKBONE_WEIGHTS),--backbone-weights $(BACKBONE_WEIGHTS),) $(TRAIN_FLAGS)
+
+evaluate: setup ## COCO metrics of the latest checkpoint in $(MODEL_DIR) on the test split
+	$(DETSERVE) evaluate --model-dir $(MODEL_DIR)
+
+demo: setup ## The whole job on the embedded default: synthetic data -> train -> evaluate
+	$(MAKE) synth
+	$(MAKE) data
+	$(MAKE) train STEPS=$(DEMO_STEPS) DEPTH_MULTIPLIER=$(DEMO_DEPTH_MULTIPLIER)
+	$(MAKE) evaluate
+
+clean: ## Remove generated runs (keeps .venv)
+	rm -rf $(RUN)

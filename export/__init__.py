@@ -1,0 +1,1 @@
+"""detserve.export."""

@@ -1,0 +1,59 @@
+"""`detserve train`: pipeline.config from options, initialisation, TFOD2 training with progress."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from detserve.training.logs import quiet_tensorflow
+
+quiet_tensorflow()
+
+
+def _augmentations(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+@click.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output of `detserve data`: TFRecords + label_map.pbtxt.")
+@click.option("--model-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Checkpoints, pipeline.config and TensorBoard logs go here; an existing run is resumed.")
+@click.option("--steps", default=2000, show_default=True, help="Total training steps (including resumed ones).")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--learning-rate", default=0.04, show_default=True, help="Peak of the cosine schedule.")
+@click.option("--warmup-steps", type=int, default=None, help="Linear warm-up steps [default: min(300, steps/10)].")
+@click.option("--depth-multiplier", default=0.5, show_default=True,
+              help="MobileNetV2 width (alpha); must equal the alpha of --backbone-weights.")
+@click.option("--image-size", default=320, show_default=True)
+@click.option("--augment", default="flip,crop", show_default=True,
+              help="Comma-separated: flip, crop, brightness, contrast (empty for none).")
+@click.option("--backbone-weights", default=None,
+              help="Keras MobileNetV2 ImageNet no_top .h5 file, or 'imagenet' to let Keras download it.")
+@click.option("--fine-tune-checkpoint", default=None,
+              help="TFOD2 detection checkpoint (zoo model) to start from, e.g. .../checkpoint/ckpt-0.")
+@click.option("--checkpoint-every", default=500, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning_rate: float, warmup_steps: int | None,
+          depth_multiplier: float, image_size: int, augment: str, backbone_weights: str | None,
+          fine_tune_checkpoint: str | None, checkpoint_every: int, progress: bool) -> None:
+    """Train SSD MobileNetV2 FPN-Lite with TFOD2 on the TFRecords in --data."""
+    from detserve.training.run import TrainingRequest, prepare_run, report_training
+    from detserve.training.train import train as run_training
+
+    if backbone_weights and fine_tune_checkpoint:
+        raise click.UsageError("give either --backbone-weights or --fine-tune-checkpoint, not both")
+    request = TrainingRequest(
+        data_dir=data_dir, model_dir=model_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+        warmup_steps=warmup_steps, depth_multiplier=depth_multiplier, image_size=image_size,
+        augmentations=_augmentations(augment), backbone_weights=backbone_weights,
+        fine_tune_checkpoint=fine_tune_checkpoint,
+    )
+    try:
+        for line in prepare_run(request):
+            click.echo(line)
+        result = run_training(model_dir, steps, checkpoint_every=checkpoint_every, progress=progress)
+    except (FileNotFoundError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(report_training(result))

@@ -1,0 +1,1 @@
+"""detserve.training.data."""

@@ -1,0 +1,135 @@
+"""YOLO txt labels: one ``<stem>.txt`` per image, lines ``class cx cy w h`` normalised to [0, 1],
+plus a names file (one class name per line, or a YOLO ``data.yaml`` with ``names``).
+
+The image list drives the reading: an image without a txt has no objects (a negative example);
+a txt without an image is reported. Converting to pixels needs the image size, so this reader opens
+each image's header (not the pixels) and reports images it cannot open.
+Problems name the object by its 1-based line number.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+from detserve.training.data.images import IMAGE_EXTENSIONS
+from detserve.training.data.records import BoxObject, Dataset, ImageRecord
+from detserve.training.data.report import SKIPPED_IMAGE, SKIPPED_OBJECT, DatasetFormatError, ValidationReport
+
+_RANGE_EPS = 1e-6  # float noise from tools that compute the normalised values
+
+
+def read_names(path: Path | str) -> list[str]:
+    """Class names by YOLO index: a txt file (one per line) or a yaml with ``names`` (list or {index: name})."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetFormatError(f"YOLO names file not found: {path}")
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            names = (yaml.safe_load(path.read_text()) or {}).get("names")
+        except (yaml.YAMLError, AttributeError) as e:
+            raise DatasetFormatError(f"{path}: not a YOLO data yaml with 'names': {e}") from e
+        if isinstance(names, dict):
+            names = [names[k] for k in sorted(names)]
+        if not isinstance(names, list):
+            raise DatasetFormatError(f"{path}: 'names' is missing or not a list")
+        names = [str(n).strip() for n in names]
+    else:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DatasetFormatError(f"{path}: no class names")
+    if len(set(names)) != len(names):
+        raise DatasetFormatError(f"{path}: duplicate class names {names}")
+    return names
+
+
+def default_labels_dir(images_dir: Path) -> Path:
+    """The ultralytics layout (``.../images/x`` -> ``.../labels/x``) if it exists, else the images dir."""
+    parts = images_dir.parts
+    if "images" in parts:
+        i = len(parts) - 1 - parts[::-1].index("images")
+        candidate = Path(*parts[:i], "labels", *parts[i + 1:])
+        if candidate.is_dir():
+            return candidate
+    return images_dir
+
+
+def _parse_line(line: str, names: list[str], source: str, line_no: int, report: ValidationReport):
+    """-> (label, cx, cy, w, h) or None after reporting why the line is skipped."""
+    fields = line.split()
+    if len(fields) != 5:
+        report.add("yolo_bad_line", source, object_index=line_no, field="fields",
+                   value=f"{len(fields)} fields: {line.strip()!r}", action=SKIPPED_OBJECT)
+        return None
+    try:
+        class_value = float(fields[0])
+        values = [float(v) for v in fields[1:]]
+    except ValueError:
+        report.add("yolo_bad_line", source, object_index=line_no, field="value",
+                   value=repr(line.strip()), action=SKIPPED_OBJECT)
+        return None
+    if not class_value.is_integer() or not 0 <= class_value < len(names):
+        report.add("unknown_class", source, object_index=line_no, field="class",
+                   value=f"{fields[0]} (names has {len(names)})", action=SKIPPED_OBJECT)
+        return None
+    for i, (key, value) in enumerate(zip(("cx", "cy", "w", "h"), values, strict=True)):
+        if not math.isfinite(value) or not -_RANGE_EPS <= value <= 1 + _RANGE_EPS:
+            report.add("yolo_value_out_of_range", source, object_index=line_no, field=key,
+                       value=fields[1 + i], action=SKIPPED_OBJECT)
+            return None
+    return (names[int(class_value)], *values)
+
+
+def read_yolo(
+    images: Path | str, labels: Path | str | None, names: Path | str, report: ValidationReport
+) -> Dataset:
+    """Read every image in ``images`` with its label file from ``labels`` (default :func:`default_labels_dir`).
+
+    ``class_names`` are the names file's, in YOLO index order.
+    """
+    images_dir = Path(images)
+    if not images_dir.is_dir():
+        raise DatasetFormatError(f"images directory not found: {images_dir}")
+    labels_dir = Path(labels) if labels is not None else default_labels_dir(images_dir)
+    if not labels_dir.is_dir():
+        raise DatasetFormatError(f"YOLO labels directory not found: {labels_dir}")
+    class_names = read_names(names)
+
+    image_files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    stems = {p.stem for p in image_files}
+    names_path = Path(names).resolve()
+    for txt in sorted(labels_dir.glob("*.txt")):
+        # classes.txt is where LabelImg puts the names, next to the labels.
+        if txt.stem not in stems and txt.resolve() != names_path and txt.name != "classes.txt":
+            report.add("image_missing", str(txt), field="image", value=f"no image named {txt.stem}.*",
+                       action=SKIPPED_IMAGE)
+
+    records: list[ImageRecord] = []
+    for image_path in image_files:
+        try:
+            with Image.open(image_path) as image:
+                width, height = image.size
+        except Exception as e:  # PIL raises several types for undecodable headers
+            report.add("image_unreadable", str(image_path), field="image", value=f"{type(e).__name__}: {e}",
+                       action=SKIPPED_IMAGE)
+            continue
+        label_path = labels_dir / f"{image_path.stem}.txt"
+        record = ImageRecord(image_path=image_path, width=width, height=height,
+                             source=str(label_path if label_path.exists() else image_path))
+        if label_path.exists():
+            for line_no, line in enumerate(label_path.read_text(errors="replace").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                parsed = _parse_line(line, class_names, record.source, line_no, report)
+                if parsed is None:
+                    continue
+                label, cx, cy, w, h = parsed
+                record.objects.append(BoxObject(
+                    label, (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height,
+                    source_index=line_no,
+                ))
+        records.append(record)
+    return Dataset(records=records, class_names=class_names)

@@ -1,0 +1,175 @@
+"""``detserve evaluate``: COCO metrics of a training checkpoint or an exported SavedModel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+DEFAULT_SPLIT = "test"
+LABEL_MAP_FILENAME = "label_map.pbtxt"
+
+
+def _eval_input_from_pipeline(pipeline_config: Path) -> tuple[str, str]:
+    """(eval TFRecord pattern, label map path) from pipeline.config's first eval_input_reader."""
+    from object_detection.utils import config_util
+
+    try:
+        configs = config_util.get_configs_from_pipeline_file(str(pipeline_config))
+    except Exception as error:  # protobuf's text_format raises its own ParseError
+        raise click.ClickException(f"cannot parse {pipeline_config}: {error}") from error
+    readers = configs.get("eval_input_configs") or []
+    if not readers or not readers[0].tf_record_input_reader.input_path:
+        raise click.ClickException(f"{pipeline_config} has no eval_input_reader with a tf_record input_path; pass --data")
+    reader = readers[0]
+    return reader.tf_record_input_reader.input_path[0], reader.label_map_path
+
+
+def _read_label_map(path: Path) -> dict[int, str]:
+    from detserve.training.data.label_map import LabelMapError, read_label_map
+
+    if not path.is_file():
+        raise click.ClickException(f"label map not found: {path}")
+    try:
+        return read_label_map(path)
+    except LabelMapError as error:
+        raise click.ClickException(str(error)) from error
+
+
+@click.command("evaluate")
+@click.option("--model-dir", type=click.Path(path_type=Path),
+              help="Training directory with pipeline.config and checkpoints (the latest is evaluated).")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="Checkpoint prefix (e.g. DIR/ckpt-12) or a directory of checkpoints. Default: latest in --model-dir.")
+@click.option("--pipeline-config", type=click.Path(path_type=Path),
+              help="TFOD2 pipeline.config. Default: <model-dir>/pipeline.config.")
+@click.option("--model", "saved_model", type=click.Path(path_type=Path),
+              help="Exported SavedModel directory (<repository>/<name>/<version>) instead of a checkpoint; needs --data.")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Data directory with <split>-*.tfrecord and label_map.pbtxt. Default: pipeline.config's eval input.")
+@click.option("--split", default=None, help=f"Split to evaluate in --data (default: {DEFAULT_SPLIT}).")
+@click.option("--label-map", type=click.Path(path_type=Path),
+              help="label_map.pbtxt. Default: <data>/label_map.pbtxt, pipeline.config's, or <model>/assets/label_map.pbtxt.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Output directory for metrics.json and PNGs. Default: <model-dir>/eval.")
+@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
+@click.option("--grid-images", type=click.IntRange(min=0), default=9, show_default=True,
+              help="Test images drawn in detections_grid.png.")
+@click.option("--score-threshold", type=click.FloatRange(0.0, 1.0), default=0.3, show_default=True,
+              help="Lowest score drawn in the grid (the metrics use every detection).")
+@click.option("--ignore-difficult", is_flag=True,
+              help="Treat 'difficult' objects as COCO crowd (ignored) instead of ordinary ground truth as TFOD2 does.")
+def evaluate(
+    model_dir: Path | None,
+    checkpoint: Path | None,
+    pipeline_config: Path | None,
+    saved_model: Path | None,
+    data: Path | None,
+    split: str | None,
+    label_map: Path | None,
+    out: Path | None,
+    max_images: int | None,
+    grid_images: int,
+    score_threshold: float,
+    ignore_difficult: bool,
+) -> None:
+    """COCO detection metrics (pycocotools) on the test split.
+
+    Prints TFOD2's metric table with per-class AP@.50 and writes metrics.json, a precision-recall
+    curve per class and a grid of test images with ground truth and predictions into --out.
+    """
+    if saved_model is not None:
+        if model_dir or checkpoint or pipeline_config:
+            raise click.UsageError("--model evaluates a SavedModel; do not combine it with --model-dir/--checkpoint/--pipeline-config")
+        predictor, model_info, pattern, label_map_path, out = _saved_model_setup(saved_model, data, split, label_map, out)
+    else:
+        predictor, model_info, pattern, label_map_path, out = _checkpoint_setup(
+            model_dir, checkpoint, pipeline_config, data, split, label_map, out)
+    labels = _read_label_map(label_map_path)
+
+    from detserve.training.evaluation.evaluate import evaluate as run_evaluation
+    from detserve.training.evaluation.report import METRICS_FILENAME, format_table, read_metrics_json
+
+    try:
+        metrics = run_evaluation(
+            predictor, pattern, labels, out, max_images=max_images, grid_images=grid_images,
+            score_threshold=score_threshold, ignore_difficult=ignore_difficult,
+            model_info={**model_info, "label_map": str(label_map_path)},
+        )
+    except FileNotFoundError as error:
+        raise click.ClickException(str(error)) from error
+    except ValueError as error:  # e.g. a checkpoint that does not fit the pipeline config
+        raise click.ClickException(str(error)) from error
+    document = read_metrics_json(out / METRICS_FILENAME)
+    click.echo(format_table(metrics, title=f"COCO detection metrics on {document['num_images']} images ({pattern})"))
+    click.echo(f"wrote {out / METRICS_FILENAME} and PNGs in {out}")
+
+
+def _data_and_label_map(data: Path, split: str | None, label_map: Path | None) -> tuple[str, Path]:
+    from detserve.training.data.tfrecord import split_pattern
+
+    if not data.is_dir():
+        raise click.ClickException(f"data directory not found: {data}")
+    return split_pattern(data, split or DEFAULT_SPLIT), label_map or data / LABEL_MAP_FILENAME
+
+
+def _saved_model_setup(saved_model: Path, data: Path | None, split: str | None, label_map: Path | None, out: Path | None):
+    if not (saved_model / "saved_model.pb").is_file():
+        raise click.ClickException(f"no SavedModel at {saved_model} (missing saved_model.pb)")
+    if data is None:
+        raise click.UsageError("--model needs --data (a directory with <split>-*.tfrecord)")
+    if out is None:
+        raise click.UsageError("--model needs --out (the SavedModel directory is left untouched)")
+    pattern, data_label_map = _data_and_label_map(data, split, None)
+    if label_map is None:
+        # An exported model carries its label map; fall back to the data's.
+        bundled = saved_model / "assets" / LABEL_MAP_FILENAME
+        label_map = bundled if bundled.is_file() else data_label_map
+
+    from detserve.training.evaluation.predictors import saved_model_predictor
+
+    predictor = saved_model_predictor(saved_model)
+    return predictor, {"kind": "saved_model", "path": str(saved_model)}, pattern, label_map, out
+
+
+def _checkpoint_setup(model_dir: Path | None, checkpoint: Path | None, pipeline_config: Path | None,
+                      data: Path | None, split: str | None, label_map: Path | None, out: Path | None):
+    if model_dir is None and (checkpoint is None or pipeline_config is None):
+        raise click.UsageError("pass --model-dir (or both --checkpoint and --pipeline-config), or --model")
+    if model_dir is not None and not model_dir.is_dir():
+        raise click.ClickException(f"model directory not found: {model_dir}")
+    pipeline_config = pipeline_config or model_dir / "pipeline.config"
+    if not pipeline_config.is_file():
+        raise click.ClickException(f"pipeline config not found: {pipeline_config}")
+
+    # TFOD2 must be made importable before TensorFlow is first imported in this process.
+    from detserve.training import tfod_compat  # noqa: F401
+    from detserve.training.evaluation.predictors import checkpoint_predictor, resolve_checkpoint
+
+    checkpoint_source = checkpoint or model_dir
+    try:
+        prefix = resolve_checkpoint(checkpoint_source)
+    except FileNotFoundError as error:
+        raise click.ClickException(str(error)) from error
+
+    if data is not None:
+        pattern, default_label_map = _data_and_label_map(data, split, label_map)
+    else:
+        eval_path, config_label_map = _eval_input_from_pipeline(pipeline_config)
+        if split is not None:
+            # Same data directory as the pipeline's eval input, another split.
+            from detserve.training.data.tfrecord import split_pattern
+
+            eval_path = split_pattern(Path(eval_path).parent, split)
+        if not config_label_map:
+            raise click.ClickException(f"{pipeline_config} has no eval_input_reader label_map_path; pass --label-map")
+        pattern, default_label_map = eval_path, Path(config_label_map)
+    label_map = label_map or default_label_map
+    out = out or (model_dir / "eval" if model_dir is not None else Path(prefix).parent / "eval")
+
+    try:
+        predictor = checkpoint_predictor(pipeline_config, prefix)
+    except ValueError as error:  # model_builder's complaints about the config
+        raise click.ClickException(f"cannot build the model of {pipeline_config}: {error}") from error
+    model_info = {"kind": "checkpoint", "checkpoint": prefix, "pipeline_config": str(pipeline_config)}
+    return predictor, model_info, pattern, label_map, out

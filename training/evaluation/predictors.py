@@ -1,0 +1,180 @@
+"""Predictors: anything that turns one image into detections, so one evaluation serves every model form.
+
+A predictor takes a uint8 batch of one image ``[1, H, W, 3]`` and returns numpy arrays in the
+layout of TFOD2's exported ``serving_default`` signature:
+
+- ``detection_boxes``   float [1, N, 4], normalised (ymin, xmin, ymax, xmax)
+- ``detection_scores``  float [1, N]
+- ``detection_classes`` float or int [1, N], label-map ids (1-based)
+- ``num_detections``    float or int [1]
+
+``checkpoint_predictor`` runs a TFOD2 training checkpoint exactly the way TFOD2's exporter wraps the
+model (object_detection/exporter_lib_v2.py, DetectionFromImageModule), so an exported SavedModel
+and its checkpoint give the same detections. ``saved_model_predictor`` uses plain TensorFlow and
+never imports ``object_detection``.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]
+OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+# TFOD2's postprocess numbers classes from 0 (background removed); label maps start at 1.
+LABEL_ID_OFFSET = 1
+
+
+def _check_image(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[0] != 1 or images.shape[-1] != 3:
+        raise ValueError(f"a predictor takes one image as [1, H, W, 3], got shape {images.shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"a predictor takes uint8 pixels, got {images.dtype}")
+    return images
+
+
+def latest_checkpoint(directory: Path | str) -> str | None:
+    """The newest checkpoint prefix in ``directory``: the ``checkpoint`` state file's, else the
+    highest-numbered ``ckpt-N.index`` (a copied directory may have lost the state file)."""
+    import tensorflow as tf
+
+    directory = Path(directory)
+    prefix = tf.train.latest_checkpoint(str(directory))
+    if prefix is not None and Path(prefix + ".index").exists():
+        return prefix
+    numbered = []
+    for index_file in directory.glob("ckpt-*.index"):
+        match = re.fullmatch(r"ckpt-(\d+)\.index", index_file.name)
+        if match:
+            numbered.append((int(match[1]), str(index_file.with_suffix(""))))
+    return max(numbered)[1] if numbered else None
+
+
+def resolve_checkpoint(path: Path | str) -> str:
+    """A checkpoint prefix (``.../ckpt-7``) or a directory holding checkpoints -> the prefix to restore."""
+    path = Path(path)
+    if path.is_dir():
+        prefix = latest_checkpoint(path)
+        if prefix is None:
+            raise FileNotFoundError(f"no checkpoint (ckpt-N.index) in {path}")
+        return prefix
+    if not Path(str(path) + ".index").exists():
+        raise FileNotFoundError(f"checkpoint {path} not found (no {path}.index)")
+    return str(path)
+
+
+def checkpoint_predictor(pipeline_config_path: Path | str, checkpoint_path: Path | str) -> Predictor:
+    """A TFOD2 model built from ``pipeline.config`` with the weights of a checkpoint.
+
+    ``checkpoint_path`` is a prefix or a directory (its latest checkpoint is used). Raises
+    ValueError when the checkpoint does not fit the model the config describes (e.g. another
+    num_classes or backbone), which would otherwise silently evaluate random weights.
+    """
+    from detserve.training import tfod_compat  # noqa: F401  (must precede object_detection and TF)
+
+    import tensorflow as tf
+    from object_detection.builders import model_builder
+    from object_detection.utils import config_util
+
+    prefix = resolve_checkpoint(checkpoint_path)
+    configs = config_util.get_configs_from_pipeline_file(str(pipeline_config_path))
+    model = model_builder.build(model_config=configs["model"], is_training=False)
+    # A training checkpoint also holds the step and optimizer; only the model is needed here.
+    status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)])
+    def detect(images):
+        # The exporter's path: float pixels -> model.preprocess (resize, normalise) -> predict -> postprocess.
+        preprocessed, true_shapes = model.preprocess(tf.cast(images, tf.float32))
+        predictions = model.predict(preprocessed, true_shapes)
+        detections = model.postprocess(predictions, true_shapes)
+        return {
+            "detection_boxes": tf.cast(detections["detection_boxes"], tf.float32),
+            "detection_scores": tf.cast(detections["detection_scores"], tf.float32),
+            "detection_classes": tf.cast(detections["detection_classes"], tf.float32) + LABEL_ID_OFFSET,
+            "num_detections": tf.cast(detections["num_detections"], tf.float32),
+        }
+
+    verified = False
+
+    def predict(images: np.ndarray) -> dict[str, np.ndarray]:
+        nonlocal verified
+        images = tf.constant(_check_image(images))
+        if verified:
+            return {key: value.numpy() for key, value in detect(images).items()}
+        # The first call creates the variables and restores them (deferred restoration): a checkpoint
+        # of another architecture fails here with a shape error or leaves variables unrestored.
+        try:
+            outputs = detect(images)
+            status.assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
+            detail = _error_summary(error)
+            raise ValueError(
+                f"checkpoint {prefix} does not fit the model of {pipeline_config_path} "
+                f"(trained with another pipeline.config?): {detail[:300]}"
+            ) from error
+        verified = True
+        return {key: value.numpy() for key, value in outputs.items()}
+
+    return predict
+
+
+def _error_summary(error: Exception) -> str:
+    """The informative line of a (long, multi-line) TensorFlow error: the one about shapes or unbound objects."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if re.search(r"incompatible tensor with shape|input to reshape|requested shape|not bound to checkpointed", line, re.IGNORECASE):
+            return line
+    return lines[0] if lines else type(error).__name__
+
+
+def _encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def saved_model_predictor(path: Path | str, signature: str = "serving_default") -> Predictor:
+    """An exported SavedModel's signature, with plain TensorFlow (no object_detection import).
+
+    The signature's single input is fed whatever its name: the uint8 image as is (TFOD2's
+    ``image_tensor`` export), cast to float32 (``float_image_tensor``), or PNG-encoded
+    (``encoded_image_string_tensor``).
+    """
+    import tensorflow as tf
+
+    path = Path(path)
+    if not (path / "saved_model.pb").exists():
+        raise FileNotFoundError(f"no SavedModel at {path} (missing saved_model.pb)")
+    loaded = tf.saved_model.load(str(path))
+    if signature not in loaded.signatures:
+        raise ValueError(f"SavedModel {path} has no signature {signature!r}; it has {sorted(loaded.signatures)}")
+    function = loaded.signatures[signature]
+    _, input_specs = function.structured_input_signature
+    if len(input_specs) != 1:
+        raise ValueError(f"signature {signature!r} of {path} takes {len(input_specs)} inputs {sorted(input_specs)}; expected one image")
+    (input_name, spec), = input_specs.items()
+    if spec.dtype not in (tf.uint8, tf.float32, tf.string):
+        raise ValueError(f"signature {signature!r} of {path} takes {spec.dtype.name} input {input_name!r}; expected uint8, float32 or string")
+
+    def predict(images: np.ndarray) -> dict[str, np.ndarray]:
+        images = _check_image(images)
+        if spec.dtype == tf.string:
+            value = tf.constant([_encode_png(images[0])])
+        else:
+            value = tf.constant(images, dtype=spec.dtype)
+        # `loaded` is referenced here so the restored variables outlive this function's creation.
+        outputs = loaded.signatures[signature](**{input_name: value})
+        missing = [key for key in OUTPUT_KEYS if key not in outputs]
+        if missing:
+            raise ValueError(f"signature {signature!r} of {path} returns {sorted(outputs)}; missing {missing}")
+        return {key: outputs[key].numpy() for key in OUTPUT_KEYS}
+
+    return predict

@@ -1,0 +1,192 @@
+"""Train with TFOD2's ``model_lib_v2.train_loop``, adding what it lacks for interactive use.
+
+``train_loop`` has no callback, so two of the objects it looks up at call time are instrumented
+for the duration of the call (and restored afterwards):
+
+- ``tf.compat.v2.summary.scalar``: the loop writes ``Loss/total_loss`` and ``steps_per_sec`` eagerly
+  after every iteration; we forward those to a progress bar and keep the loss history.
+- ``tf.compat.v2.train.CheckpointManager``: the loop saves every ``checkpoint_every_n`` steps but not
+  at the end, so with a step count that is not a multiple the last steps would be lost; we keep a
+  handle on the manager and save the final step.
+
+Resuming is ``train_loop``'s own behaviour: it restores the latest checkpoint in ``model_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import detserve.training.tfod_compat  # noqa: F401  (before object_detection)
+
+LOSS_KEY = "Loss/total_loss"
+PIPELINE_CONFIG = "pipeline.config"
+HISTORY_FILE = "train_history.jsonl"
+
+
+@dataclass
+class StepRecord:
+    step: int
+    total_loss: float
+    steps_per_sec: float
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    start_step: int
+    final_step: int
+    checkpoint: str
+    history: list[StepRecord]
+    seconds: float
+    batch_size: int
+
+    @property
+    def images_per_sec(self) -> float:
+        """Median throughput after the first iteration (which includes tracing)."""
+        rates = sorted(r.steps_per_sec for r in self.history[1:]) or [r.steps_per_sec for r in self.history]
+        return rates[len(rates) // 2] * self.batch_size if rates else float("nan")
+
+
+def checkpoint_step(checkpoint_prefix: str | None) -> int:
+    """The global step stored in a train_loop checkpoint (0 for none).
+
+    Not the number in ``ckpt-<n>``: TFOD2's CheckpointManager numbers saves, not steps.
+    """
+    if not checkpoint_prefix:
+        return 0
+    import tensorflow as tf
+
+    return int(tf.train.load_variable(checkpoint_prefix, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def latest_checkpoint(model_dir: Path | str) -> str | None:
+    import tensorflow as tf
+
+    return tf.train.latest_checkpoint(str(model_dir))
+
+
+class _Instrumentation:
+    """Collects per-iteration scalars and the CheckpointManager while ``train_loop`` runs."""
+
+    def __init__(self, on_iteration: Callable[[StepRecord], None]):
+        self.on_iteration = on_iteration
+        self.manager = None
+        self.history: list[StepRecord] = []
+        self._pending: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        import tensorflow as tf
+
+        summary = tf.compat.v2.summary
+        train = tf.compat.v2.train
+        original_scalar, original_manager = summary.scalar, train.CheckpointManager
+        instrumentation = self
+
+        def scalar(name, data, step=None, description=None):
+            result = original_scalar(name, data, step=step, description=description)
+            if tf.executing_eagerly():  # train_loop's own per-iteration calls, not traced ones
+                instrumentation._record(name, data, step)
+            return result
+
+        class RecordingManager(original_manager):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                instrumentation.manager = self
+
+        summary.scalar, train.CheckpointManager = scalar, RecordingManager
+        try:
+            yield
+        finally:
+            summary.scalar, train.CheckpointManager = original_scalar, original_manager
+
+    def _record(self, name: str, data, step) -> None:
+        value = float(data.numpy() if hasattr(data, "numpy") else data)
+        # train_loop writes steps_per_sec first, then every loss, then learning_rate (last).
+        self._pending[name] = value
+        if name == "learning_rate" and LOSS_KEY in self._pending:
+            record = StepRecord(
+                step=int(step.numpy() if hasattr(step, "numpy") else step),
+                total_loss=self._pending[LOSS_KEY],
+                steps_per_sec=self._pending.get("steps_per_sec", float("nan")),
+                losses=dict(self._pending),
+            )
+            self.history.append(record)
+            self.on_iteration(record)
+            self._pending = {}
+
+
+def steps_per_loop(remaining_steps: int, preferred: int) -> int:
+    """Steps per ``tf.function`` call: as many as ``preferred`` but dividing the remaining steps exactly
+    (train_loop overshoots otherwise)."""
+    return max(1, math.gcd(max(remaining_steps, 1), max(preferred, 1)))
+
+
+def train(
+    model_dir: Path | str,
+    num_steps: int,
+    checkpoint_every: int = 500,
+    preferred_steps_per_loop: int = 10,
+    checkpoint_max_to_keep: int = 5,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the model described by ``<model_dir>/pipeline.config`` up to ``num_steps`` total steps.
+
+    Resumes from the latest checkpoint in ``model_dir``; saves the final step; appends the history
+    to ``<model_dir>/train_history.jsonl`` (TensorBoard logs go to ``<model_dir>/train``).
+    """
+    import tensorflow as tf
+    from object_detection import model_lib_v2
+    from tqdm import tqdm
+
+    model_dir = Path(model_dir)
+    config_path = model_dir / PIPELINE_CONFIG
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found; `detserve train` writes it from the options")
+    batch_size = _batch_size(config_path)
+    latest = latest_checkpoint(model_dir)
+    start_step = checkpoint_step(latest)
+    if start_step >= num_steps:
+        return TrainResult(model_dir, start_step, start_step, latest, [], 0.0, batch_size)
+
+    per_loop = steps_per_loop(num_steps - start_step, preferred_steps_per_loop)
+    bar = tqdm(total=num_steps, initial=start_step, unit="step", disable=not progress, dynamic_ncols=True)
+
+    def on_iteration(record: StepRecord) -> None:
+        bar.update(record.step - bar.n)
+        bar.set_postfix(loss=f"{record.total_loss:.3f}", img_s=f"{record.steps_per_sec * batch_size:.1f}")
+
+    instrumentation = _Instrumentation(on_iteration)
+    started = time.time()
+    with instrumentation.installed(), bar:
+        model_lib_v2.train_loop(
+            pipeline_config_path=str(config_path),
+            model_dir=str(model_dir),
+            train_steps=num_steps,
+            checkpoint_every_n=checkpoint_every,
+            checkpoint_max_to_keep=checkpoint_max_to_keep,
+            num_steps_per_iteration=per_loop,
+        )
+    manager = instrumentation.manager
+    if manager is not None and checkpoint_step(manager.latest_checkpoint) < num_steps:
+        manager.save()
+    seconds = time.time() - started
+    with open(model_dir / HISTORY_FILE, "a") as history_file:
+        for record in instrumentation.history:
+            history_file.write(json.dumps(record.__dict__) + "\n")
+    final = latest_checkpoint(model_dir)
+    tf.get_logger().info("training finished at %s", final)
+    return TrainResult(model_dir, start_step, checkpoint_step(final), final, instrumentation.history, seconds, batch_size)
+
+
+def _batch_size(config_path: Path) -> int:
+    from detserve.training.pipeline_config import load_pipeline_config
+
+    return load_pipeline_config(config_path).train_config.batch_size
