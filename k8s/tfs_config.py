@@ -78,7 +78,9 @@ _POOL = _build_pool()
 BatchingParameters = message_factory.GetMessageClass(
     _POOL.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
 )
-MonitoringConfig = message_factory.GetMessageClass(_POOL.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
+MonitoringConfig = message_factory.GetMessageClass(
+    _POOL.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
+)
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 
 

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 from pathlib import Path
 
 # Keras Applications' release location and file naming (keras.applications.mobilenet_v2).
 KERAS_WEIGHTS_ORIGIN = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
-
-
-@dataclass
-class Initialisation:
-    kind: str  # "detection", "classification" or "scratch"
-    checkpoint: str | None
-    description: str
 
 
 def keras_weights_filename(alpha: float, rows: int = 224) -> str:
@@ -32,7 +25,8 @@ def resolve_backbone_weights(spec: str, alpha: float) -> Path:
     filename = keras_weights_filename(alpha)
     try:
         # Same cache as keras.applications (~/.keras/models, or $KERAS_HOME/models): offline once cached.
-        return Path(tf.keras.utils.get_file(filename, KERAS_WEIGHTS_ORIGIN + filename, cache_subdir="models"))
+        return Path(tf.keras.utils.get_file(filename, KERAS_WEIGHTS_ORIGIN + filename, cache_subdir="models",
+                                            cache_dir=os.environ.get("KERAS_HOME")))
     except Exception as error:  # get_file raises plain Exception subclasses for network failures
         raise FileNotFoundError(
             f"could not download {filename} ({error}); without network access pass the file with --backbone-weights PATH"

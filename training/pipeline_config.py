@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import detserve.training.tfod_compat  # noqa: F401, I001  (before object_detection)
 from detserve.training.data.label_map import read_label_map
 from detserve.training.data.tfrecord import split_pattern
 
@@ -119,7 +120,6 @@ def render_pipeline_config(options: TrainingOptions) -> str:
 
 def parse_pipeline_config(text: str):
     """Parse with TFOD2's TrainEvalPipelineConfig proto (raises text_format.ParseError on a typo)."""
-    import detserve.training.tfod_compat  # noqa: F401  (before object_detection)
     from google.protobuf import text_format
     from object_detection.protos import pipeline_pb2
 

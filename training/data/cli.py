@@ -10,6 +10,10 @@ from pathlib import Path
 
 import click
 
+from detserve.training.logs import quiet_tensorflow
+
+quiet_tensorflow()
+
 from detserve.training.data.class_map import ClassMapError
 from detserve.training.data.report import DatasetFormatError, DataValidationError
 from detserve.training.data.split import parse_fractions

@@ -92,7 +92,7 @@ def load_dataset(
     annotations: Path | str | None = None,
     images: Path | str | None = None,
     names: Path | str | None = None,
-    class_map: ClassMap | str | None = None,
+    class_map: ClassMap | str | Path | None = None,
     classes: Sequence[str] | None = None,
     box_tolerance: float = BOX_TOLERANCE_PX,
     progress: bool = False,
@@ -106,7 +106,7 @@ def load_dataset(
     dataset, infos = validate_dataset(raw, report, box_tolerance=box_tolerance, progress=progress)
     dropped: dict[str, int] = {}
     if class_map is not None:
-        class_map = load_class_map(class_map) if isinstance(class_map, str) else class_map
+        class_map = load_class_map(class_map) if isinstance(class_map, str | Path) else class_map
         dataset, dropped = apply_class_map(dataset, class_map, report)
     if classes is not None:
         dataset = restrict_classes(dataset, classes, report)
@@ -161,7 +161,10 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
         old.rmdir()
         out_dir.rename(old)
         tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()  # --overwrite of a plain file
     else:
         tmp.rename(out_dir)
 
@@ -175,7 +178,7 @@ def convert_dataset(
     names: Path | str | None = None,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
-    class_map: ClassMap | str | None = None,
+    class_map: ClassMap | str | Path | None = None,
     classes: Sequence[str] | None = None,
     strict: bool = False,
     num_shards: int | None = None,
@@ -196,7 +199,7 @@ def convert_dataset(
     fractions = check_fractions(fractions)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
-    if class_map is not None and isinstance(class_map, str):
+    if isinstance(class_map, str | Path):
         class_map = load_class_map(class_map)  # bad specs fail before the slow part
 
     report = ValidationReport()

@@ -69,13 +69,18 @@ def _png_bit_depth(path: Path) -> int:
     return 8
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
+    """``Image.open`` (header only, pixels not decoded yet) raising ImageLoadError with the report kind."""
     try:
         return Image.open(path)
     except FileNotFoundError as e:
-        raise ImageLoadError("image_missing", f"no such file: {path}") from e
-    except (UnidentifiedImageError, IsADirectoryError, PermissionError) as e:
-        raise ImageLoadError("image_unreadable", f"{type(e).__name__}: {e}") from e
+        raise ImageLoadError("image_missing", "no such file") from e
+    except UnidentifiedImageError as e:
+        raise ImageLoadError("image_unreadable", "not an image format PIL can identify") from e
+    except (IsADirectoryError, PermissionError) as e:
+        raise ImageLoadError("image_unreadable", type(e).__name__) from e
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError("image_unreadable", str(e)) from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageLoadError("image_corrupt", f"{type(e).__name__}: {e}") from e
 
@@ -83,7 +88,7 @@ def _open(path: Path) -> Image.Image:
 def inspect_image(path: Path | str) -> ImageInfo:
     """Open and fully decode ``path`` (a truncated file only fails on decode); raises ImageLoadError."""
     path = Path(path)
-    with _open(path) as image:
+    with open_image(path) as image:
         try:
             image.load()
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error... on bad data
@@ -106,7 +111,7 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I") or image.mode == "F":
         values = np.asarray(image, dtype=np.float64)
         grey = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")
+        return Image.fromarray(grey).convert("RGB")
     return image.convert("RGB")
 
 
@@ -121,7 +126,7 @@ def encode_image(path: Path | str, info: ImageInfo | None = None) -> EncodedImag
     info = info or inspect_image(path)
     if info.conversion is None and info.format in ("JPEG", "PNG"):
         return EncodedImage(path.read_bytes(), info.format.lower(), info.width, info.height)
-    with _open(path) as image:
+    with open_image(path) as image:
         rgb = to_rgb8(image)
         buffer = io.BytesIO()
         if info.format == "JPEG":

@@ -88,11 +88,11 @@ def _background(rng: np.random.Generator, width: int, height: int) -> Image.Imag
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     pixels = c0 + t[..., None] * (c1 - c0)
     # ...plus blotchy low-frequency texture and per-pixel noise.
-    blotches = Image.fromarray(rng.integers(0, 256, size=(6, 6), dtype=np.uint8), mode="L")
+    blotches = Image.fromarray(rng.integers(0, 256, size=(6, 6), dtype=np.uint8))
     blotches = np.asarray(blotches.resize((width, height), Image.BILINEAR), dtype=np.float32)
     pixels += (blotches[..., None] - 128) * rng.uniform(0.1, 0.3)
     pixels += rng.normal(0, rng.uniform(4, 14), size=pixels.shape)
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(3, 9))):
         grey = int(rng.integers(30, 220))
@@ -138,6 +138,9 @@ def generate_voc_dataset(
     images_dir, annotations_dir = root / "images", root / "annotations"
     images_dir.mkdir(parents=True, exist_ok=True)
     annotations_dir.mkdir(parents=True, exist_ok=True)
+    # A rerun with fewer images must not leave the previous run's extra files in the dataset.
+    for stale in [*images_dir.glob("synth_*.jpg"), *annotations_dir.glob("synth_*.xml")]:
+        stale.unlink()
     colours = [class_colour(i, len(class_names)) for i in range(len(class_names))]
     counts: Counter[str] = Counter()
 

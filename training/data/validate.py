@@ -78,10 +78,12 @@ def _check_image(record: ImageRecord, report: ValidationReport) -> ImageInfo | N
     try:
         info = inspect_image(record.image_path)
     except ImageLoadError as e:
-        report.add(e.kind, image, field="image", value=str(e), action=SKIPPED_IMAGE)
+        listed_by = f" (listed in {record.source})" if record.source and record.source != image else ""
+        report.add(e.kind, image, field="image", value=f"{e}{listed_by}", action=SKIPPED_IMAGE)
         return None
     if info.conversion is not None:
-        mode = info.mode if info.bit_depth <= 8 else f"{info.mode} {info.bit_depth}-bit"
+        # PIL calls a 16-bit RGB PNG "RGB"; say what it really is.
+        mode = f"{info.mode} {info.bit_depth}-bit" if info.bit_depth > 8 and info.mode in ("RGB", "RGBA") else info.mode
         report.add(info.conversion, image, field="mode", value=mode, action=CONVERTED)
     if info.exif_orientation != 1:
         # Kept as stored (see images.py); worth a look if the boxes seem rotated.

@@ -94,9 +94,15 @@ def read_voc_file(xml_path: Path, images_dir: Path, report: ValidationReport) ->
     filename = _text(root, "filename")
     if filename:
         image_path = images_dir / filename
-        # Some tools write <filename> without the extension.
-        if not image_path.suffix and not image_path.exists():
-            image_path = _find_image_by_stem(images_dir, filename) or image_path
+        if not image_path.exists():
+            # <filename> without extension (some tools), or with the old one after a re-encode
+            # (face-mask-853 was published as PNG, re-encoded to JPEG).
+            found = _find_image_by_stem(images_dir, str(Path(filename).with_suffix("")))
+            if found is not None:
+                if image_path.suffix:
+                    report.add("filename_mismatch", source, field="filename",
+                               value=f"{filename} not found, {found.name} is", action=f"used {found.name}")
+                image_path = found
     else:
         image_path = _find_image_by_stem(images_dir, xml_path.stem)
         report.add(

@@ -13,9 +13,8 @@ import math
 from pathlib import Path
 
 import yaml
-from PIL import Image
 
-from detserve.training.data.images import IMAGE_EXTENSIONS
+from detserve.training.data.images import IMAGE_EXTENSIONS, ImageLoadError, open_image
 from detserve.training.data.records import BoxObject, Dataset, ImageRecord
 from detserve.training.data.report import SKIPPED_IMAGE, SKIPPED_OBJECT, DatasetFormatError, ValidationReport
 
@@ -110,11 +109,10 @@ def read_yolo(
     records: list[ImageRecord] = []
     for image_path in image_files:
         try:
-            with Image.open(image_path) as image:
+            with open_image(image_path) as image:
                 width, height = image.size
-        except Exception as e:  # PIL raises several types for undecodable headers
-            report.add("image_unreadable", str(image_path), field="image", value=f"{type(e).__name__}: {e}",
-                       action=SKIPPED_IMAGE)
+        except ImageLoadError as e:
+            report.add(e.kind, str(image_path), field="image", value=str(e), action=SKIPPED_IMAGE)
             continue
         label_path = labels_dir / f"{image_path.stem}.txt"
         record = ImageRecord(image_path=image_path, width=width, height=height,

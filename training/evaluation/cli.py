@@ -6,6 +6,10 @@ from pathlib import Path
 
 import click
 
+from detserve.training.logs import quiet_tensorflow
+
+quiet_tensorflow()
+
 DEFAULT_SPLIT = "test"
 LABEL_MAP_FILENAME = "label_map.pbtxt"
 
@@ -81,11 +85,14 @@ def evaluate(
     if saved_model is not None:
         if model_dir or checkpoint or pipeline_config:
             raise click.UsageError("--model evaluates a SavedModel; do not combine it with --model-dir/--checkpoint/--pipeline-config")
-        predictor, model_info, pattern, label_map_path, out = _saved_model_setup(saved_model, data, split, label_map, out)
+        make_predictor, model_info, pattern, label_map_path, out = _saved_model_setup(saved_model, data, split, label_map, out)
     else:
-        predictor, model_info, pattern, label_map_path, out = _checkpoint_setup(
+        make_predictor, model_info, pattern, label_map_path, out = _checkpoint_setup(
             model_dir, checkpoint, pipeline_config, data, split, label_map, out)
+    # Cheap checks first: building a model takes seconds.
     labels = _read_label_map(label_map_path)
+    _require_records(pattern)
+    predictor = make_predictor()
 
     from detserve.training.evaluation.evaluate import evaluate as run_evaluation
     from detserve.training.evaluation.report import METRICS_FILENAME, format_table, read_metrics_json
@@ -96,13 +103,18 @@ def evaluate(
             score_threshold=score_threshold, ignore_difficult=ignore_difficult,
             model_info={**model_info, "label_map": str(label_map_path)},
         )
-    except FileNotFoundError as error:
-        raise click.ClickException(str(error)) from error
-    except ValueError as error:  # e.g. a checkpoint that does not fit the pipeline config
+    except (FileNotFoundError, ValueError) as error:  # e.g. a checkpoint that does not fit the pipeline config
         raise click.ClickException(str(error)) from error
     document = read_metrics_json(out / METRICS_FILENAME)
     click.echo(format_table(metrics, title=f"COCO detection metrics on {document['num_images']} images ({pattern})"))
     click.echo(f"wrote {out / METRICS_FILENAME} and PNGs in {out}")
+
+
+def _require_records(pattern: str) -> None:
+    import tensorflow as tf
+
+    if not tf.io.gfile.glob(pattern):
+        raise click.ClickException(f"no TFRecord files match {pattern}")
 
 
 def _data_and_label_map(data: Path, split: str | None, label_map: Path | None) -> tuple[str, Path]:
@@ -126,10 +138,15 @@ def _saved_model_setup(saved_model: Path, data: Path | None, split: str | None, 
         bundled = saved_model / "assets" / LABEL_MAP_FILENAME
         label_map = bundled if bundled.is_file() else data_label_map
 
-    from detserve.training.evaluation.predictors import saved_model_predictor
+    def make_predictor():
+        from detserve.training.evaluation.predictors import saved_model_predictor
 
-    predictor = saved_model_predictor(saved_model)
-    return predictor, {"kind": "saved_model", "path": str(saved_model)}, pattern, label_map, out
+        try:
+            return saved_model_predictor(saved_model)
+        except ValueError as error:  # no such signature, or not an image input
+            raise click.ClickException(str(error)) from error
+
+    return make_predictor, {"kind": "saved_model", "path": str(saved_model)}, pattern, label_map, out
 
 
 def _checkpoint_setup(model_dir: Path | None, checkpoint: Path | None, pipeline_config: Path | None,
@@ -143,7 +160,7 @@ def _checkpoint_setup(model_dir: Path | None, checkpoint: Path | None, pipeline_
         raise click.ClickException(f"pipeline config not found: {pipeline_config}")
 
     # TFOD2 must be made importable before TensorFlow is first imported in this process.
-    from detserve.training import tfod_compat  # noqa: F401
+    import detserve.training.tfod_compat  # noqa: F401
     from detserve.training.evaluation.predictors import checkpoint_predictor, resolve_checkpoint
 
     checkpoint_source = checkpoint or model_dir
@@ -167,9 +184,11 @@ def _checkpoint_setup(model_dir: Path | None, checkpoint: Path | None, pipeline_
     label_map = label_map or default_label_map
     out = out or (model_dir / "eval" if model_dir is not None else Path(prefix).parent / "eval")
 
-    try:
-        predictor = checkpoint_predictor(pipeline_config, prefix)
-    except ValueError as error:  # model_builder's complaints about the config
-        raise click.ClickException(f"cannot build the model of {pipeline_config}: {error}") from error
+    def make_predictor():
+        try:
+            return checkpoint_predictor(pipeline_config, prefix)
+        except ValueError as error:  # model_builder's complaints about the config
+            raise click.ClickException(f"cannot build the model of {pipeline_config}: {error}") from error
+
     model_info = {"kind": "checkpoint", "checkpoint": prefix, "pipeline_config": str(pipeline_config)}
-    return predictor, model_info, pattern, label_map, out
+    return make_predictor, model_info, pattern, label_map, out

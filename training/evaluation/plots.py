@@ -66,8 +66,9 @@ def plot_pr_curve(
         axes.text(0.5, 0.5, "no ground truth for this class", ha="center", va="center", transform=axes.transAxes)
     else:
         # pycocotools leaves 0 where a recall level is never reached; those points are drawn at 0.
-        axes.step(recall_thresholds, np.clip(precision, 0.0, 1.0), where="post", color="tab:blue")
-        axes.fill_between(recall_thresholds, np.clip(precision, 0.0, 1.0), step="post", alpha=0.15)
+        axes.step(recall_thresholds, np.clip(precision, 0.0, 1.0), where="pre", color="tab:blue")
+        # "pre": COCO's precision at threshold r_i holds for recall in (r_(i-1), r_i].
+        axes.fill_between(recall_thresholds, np.clip(precision, 0.0, 1.0), step="pre", alpha=0.15)
     axes.set_xlabel("recall")
     axes.set_ylabel("precision (interpolated)")
     axes.set_xlim(0.0, 1.0)
@@ -107,7 +108,11 @@ def plot_detection_grid(
     columns = max(1, min(columns, len(samples)))
     rows = math.ceil(len(samples) / columns)
     figure = _new_figure((columns * CELL_INCHES, rows * CELL_INCHES))
-    figure.suptitle(f"green dashed: ground truth    red: predictions with score >= {score_threshold:.2f}", fontsize=10)
+    height_inches = rows * CELL_INCHES
+    # Fixed room in inches (caption 0.1 from the top, axes from 0.6) whatever the number of rows.
+    figure.suptitle(f"green dashed: ground truth    red: predictions with score >= {score_threshold:.2f}",
+                    fontsize=10, y=1 - 0.1 / height_inches, va="top")
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.6 / height_inches, wspace=0.04, hspace=0.12)
     for index, sample in enumerate(samples):
         axes = figure.add_subplot(rows, columns, index + 1)
         height, width = sample.image.shape[:2]

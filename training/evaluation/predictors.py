@@ -75,8 +75,9 @@ def checkpoint_predictor(pipeline_config_path: Path | str, checkpoint_path: Path
     ValueError when the checkpoint does not fit the model the config describes (e.g. another
     num_classes or backbone), which would otherwise silently evaluate random weights.
     """
-    from detserve.training import tfod_compat  # noqa: F401  (must precede object_detection and TF)
+    import detserve.training.tfod_compat  # noqa: F401  (before object_detection and TensorFlow)
 
+    # isort: split
     import tensorflow as tf
     from object_detection.builders import model_builder
     from object_detection.utils import config_util

@@ -1,0 +1,32 @@
+# Kubernetes targets, included from the top-level Makefile:  include k8s/k8s.mk
+#   make k8s-validate                 render every overlay, job and component offline; validate (strict) against
+#                                     Kubernetes $(K8S_VERSION); project checks; yamllint; hadolint
+#   make k8s-render [OVERLAY=gpu]     print what `make deploy` would apply
+#   make k8s-diff   [OVERLAY=gpu]     compare it with the cluster of the current kubectl context
+#   make deploy     [OVERLAY=gpu]     validate that overlay, then kubectl apply -k k8s/overlays/$(OVERLAY)
+# OVERLAY is gpu (production default), cpu or canary. No cluster is needed except for k8s-diff and deploy.
+
+VENV ?= .venv
+K8S_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+# The version the manifests are validated against (kubernetes-validate ships schemas for 1.25 to 1.37).
+K8S_VERSION ?= 1.34
+OVERLAY ?= gpu
+KUBECTL ?= $(if $(wildcard $(VENV)/bin/kubectl),$(VENV)/bin/kubectl,kubectl)
+
+.PHONY: k8s-validate k8s-render k8s-diff deploy
+
+k8s-validate:
+	$(VENV)/bin/python $(K8S_DIR)/validate.py --kubernetes-version $(K8S_VERSION) --kubectl $(KUBECTL)
+
+k8s-render:
+	$(KUBECTL) kustomize $(K8S_DIR)/overlays/$(OVERLAY)
+
+# kubectl diff exits 1 when there are differences; that is an answer, not a failure.
+k8s-diff:
+	$(KUBECTL) diff -k $(K8S_DIR)/overlays/$(OVERLAY) || test $$? -eq 1
+
+deploy:
+	$(VENV)/bin/python $(K8S_DIR)/validate.py --kubernetes-version $(K8S_VERSION) --kubectl $(KUBECTL) \
+		--no-lint --target overlays/$(OVERLAY)
+	$(KUBECTL) apply -k $(K8S_DIR)/overlays/$(OVERLAY)
+	$(KUBECTL) -n detserve rollout status deployment/detserve-serving --timeout=15m
