@@ -35,7 +35,7 @@ PYTEST_FLAGS ?=
 .PHONY: help setup lock test lint demo synth data train evaluate clean
 
 help:
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -84,3 +84,6 @@ demo: setup ## The whole job on the embedded default: synthetic data -> train ->
 
 clean: ## Remove generated runs (keeps .venv)
 	rm -rf $(RUN)
+
+# Kubernetes: k8s-validate (offline render + strict schema + project checks), deploy.
+include k8s/k8s.mk

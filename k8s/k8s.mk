@@ -15,17 +15,17 @@ KUBECTL ?= $(if $(wildcard $(VENV)/bin/kubectl),$(VENV)/bin/kubectl,kubectl)
 
 .PHONY: k8s-validate k8s-render k8s-diff deploy
 
-k8s-validate:
+k8s-validate: ## Render and validate every overlay offline (strict, Kubernetes $(K8S_VERSION)), lint YAML and Dockerfiles
 	$(VENV)/bin/python $(K8S_DIR)/validate.py --kubernetes-version $(K8S_VERSION) --kubectl $(KUBECTL)
 
-k8s-render:
+k8s-render: ## Print the manifests of k8s/overlays/$(OVERLAY)
 	$(KUBECTL) kustomize $(K8S_DIR)/overlays/$(OVERLAY)
 
 # kubectl diff exits 1 when there are differences; that is an answer, not a failure.
-k8s-diff:
+k8s-diff: ## Diff k8s/overlays/$(OVERLAY) against the current kubectl context
 	$(KUBECTL) diff -k $(K8S_DIR)/overlays/$(OVERLAY) || test $$? -eq 1
 
-deploy:
+deploy: ## Validate, then kubectl apply -k k8s/overlays/$(OVERLAY) (gpu|cpu|canary) and wait for the rollout
 	$(VENV)/bin/python $(K8S_DIR)/validate.py --kubernetes-version $(K8S_VERSION) --kubectl $(KUBECTL) \
 		--no-lint --target overlays/$(OVERLAY)
 	$(KUBECTL) apply -k $(K8S_DIR)/overlays/$(OVERLAY)

@@ -21,7 +21,6 @@ with status 1 if there is any.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import re
@@ -36,24 +35,12 @@ from pathlib import Path
 
 import yaml
 
+# The TF Serving config protos are shared with the exporter and the embedded server.
+from detserve.serving import tfs_config  # noqa: E402
 
-def _load_sibling(name: str):
-    """Import k8s/<name>.py whether this file runs as a script or is loaded by path (tests), without sys.path."""
-    module_name = f"detserve_k8s_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            module_name, Path(__file__).resolve().with_name(f"{name}.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
-
-tfs_config = _load_sibling("tfs_config")
-
-# The Kubernetes version the manifests are validated against. 1.34 is the first release in which everything used
-# here is GA, notably the preStop `sleep` action (beta and on by default since 1.30) and native sidecars (1.33).
+# The Kubernetes version the manifests are validated against: 1.34, where the preStop `sleep` action became GA (beta
+# and on by default since 1.30). Every other field used is GA there, except topologySpreadConstraints.matchLabelKeys
+# (beta, on by default since 1.27). The manifests also validate against 1.30 to 1.37.
 DEFAULT_KUBERNETES_VERSION = "1.34"
 
 # Hardware each target must run on. Targets not listed are checked for consistency only (a GPU image must request a
@@ -921,15 +908,30 @@ def validate(
             unknown = wanted - {t.name for t in targets}
             report.extend("k8s", (f"{name}: no such target" for name in sorted(unknown)))
         selected = [t for t in targets if not wanted or t.name in wanted]
+        # Jobs and tools use the serving stack's claims: when the serving overlay is not among the targets, render it
+        # anyway, as context only.
+        context_only = [
+            t
+            for t in targets
+            if t.name == COMPONENT_HOST
+            and t not in selected
+            and any(s.name.split("/")[0] in ("jobs", "tools") for s in selected)
+        ]
         # kubectl starts slowly and renders are independent: run a few at once.
         with ThreadPoolExecutor(max_workers=4) as pool:
-            futures = {t.name: pool.submit(render, kubectl, t.directory) for t in selected}
+            futures = {t.name: pool.submit(render, kubectl, t.directory) for t in selected + context_only}
+        context: list[dict] = []
         for name, future in futures.items():
             try:
-                report.rendered[name] = future.result()
+                objects = future.result()
             except RuntimeError as exc:
                 report.add(name, f"kubectl kustomize failed: {exc}")
-    shared = [o for objs in report.rendered.values() for o in objs]
+                continue
+            if any(t.name == name for t in context_only):
+                context += objects
+            else:
+                report.rendered[name] = objects
+    shared = [o for objs in report.rendered.values() for o in objs] + context
     found: dict[str, list[str]] = {}
     for name, objects in report.rendered.items():
         target = next(t for t in targets if t.name == name)

@@ -68,12 +68,13 @@ def resolve_checkpoint(path: Path | str) -> str:
     return str(path)
 
 
-def checkpoint_predictor(pipeline_config_path: Path | str, checkpoint_path: Path | str) -> Predictor:
-    """A TFOD2 model built from ``pipeline.config`` with the weights of a checkpoint.
+def restore_detection_model(pipeline_config_path: Path | str, checkpoint_path: Path | str):
+    """(TFOD2 inference model built from ``pipeline.config``, restore status, checkpoint prefix).
 
-    ``checkpoint_path`` is a prefix or a directory (its latest checkpoint is used). Raises
-    ValueError when the checkpoint does not fit the model the config describes (e.g. another
-    num_classes or backbone), which would otherwise silently evaluate random weights.
+    ``checkpoint_path`` is a prefix or a directory (its latest checkpoint is used). Restoration is
+    deferred: the variables exist (and are restored) once the model has been traced, after which
+    ``restore_status.assert_existing_objects_matched()`` tells whether the checkpoint fits (see
+    ``checkpoint_mismatch``). Shared by ``checkpoint_predictor`` and ``detserve export``.
     """
     import detserve.training.tfod_compat  # noqa: F401  (before object_detection and TensorFlow)
 
@@ -87,19 +88,48 @@ def checkpoint_predictor(pipeline_config_path: Path | str, checkpoint_path: Path
     model = model_builder.build(model_config=configs["model"], is_training=False)
     # A training checkpoint also holds the step and optimizer; only the model is needed here.
     status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+    return model, status, prefix
+
+
+def detections_from_preprocessed(model, preprocessed, true_shapes) -> dict:
+    """TFOD2's exporter path after ``model.preprocess`` (exporter_lib_v2._run_inference_on_images):
+    predict -> postprocess -> label-map class ids, as float32 tensors with a batch dimension."""
+    import tensorflow as tf
+
+    predictions = model.predict(preprocessed, true_shapes)
+    detections = model.postprocess(predictions, true_shapes)
+    return {
+        "detection_boxes": tf.cast(detections["detection_boxes"], tf.float32),
+        "detection_scores": tf.cast(detections["detection_scores"], tf.float32),
+        "detection_classes": tf.cast(detections["detection_classes"], tf.float32) + LABEL_ID_OFFSET,
+        "num_detections": tf.cast(detections["num_detections"], tf.float32),
+    }
+
+
+def checkpoint_mismatch(prefix: str, pipeline_config_path: Path | str, error: Exception) -> ValueError:
+    """The error for a checkpoint that does not fit the model of a pipeline.config."""
+    return ValueError(
+        f"checkpoint {prefix} does not fit the model of {pipeline_config_path} "
+        f"(trained with another pipeline.config?): {_error_summary(error)[:300]}"
+    )
+
+
+def checkpoint_predictor(pipeline_config_path: Path | str, checkpoint_path: Path | str) -> Predictor:
+    """A TFOD2 model built from ``pipeline.config`` with the weights of a checkpoint.
+
+    ``checkpoint_path`` is a prefix or a directory (its latest checkpoint is used). Raises
+    ValueError when the checkpoint does not fit the model the config describes (e.g. another
+    num_classes or backbone), which would otherwise silently evaluate random weights.
+    """
+    import tensorflow as tf
+
+    model, status, prefix = restore_detection_model(pipeline_config_path, checkpoint_path)
 
     @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)])
     def detect(images):
         # The exporter's path: float pixels -> model.preprocess (resize, normalise) -> predict -> postprocess.
         preprocessed, true_shapes = model.preprocess(tf.cast(images, tf.float32))
-        predictions = model.predict(preprocessed, true_shapes)
-        detections = model.postprocess(predictions, true_shapes)
-        return {
-            "detection_boxes": tf.cast(detections["detection_boxes"], tf.float32),
-            "detection_scores": tf.cast(detections["detection_scores"], tf.float32),
-            "detection_classes": tf.cast(detections["detection_classes"], tf.float32) + LABEL_ID_OFFSET,
-            "num_detections": tf.cast(detections["num_detections"], tf.float32),
-        }
+        return detections_from_preprocessed(model, preprocessed, true_shapes)
 
     verified = False
 
@@ -114,11 +144,7 @@ def checkpoint_predictor(pipeline_config_path: Path | str, checkpoint_path: Path
             outputs = detect(images)
             status.assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
-            detail = _error_summary(error)
-            raise ValueError(
-                f"checkpoint {prefix} does not fit the model of {pipeline_config_path} "
-                f"(trained with another pipeline.config?): {detail[:300]}"
-            ) from error
+            raise checkpoint_mismatch(prefix, pipeline_config_path, error) from error
         verified = True
         return {key: value.numpy() for key, value in outputs.items()}
 
