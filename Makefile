@@ -41,9 +41,9 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
 # The stamp is rebuilt when any pinned file changes.
-$(VENV)/.installed: $(BIN)/activate requirements/runtime.in requirements/constraints.txt requirements/no-deps.txt pyproject.toml client/pyproject.toml
+$(VENV)/.installed: $(BIN)/activate requirements/runtime.in requirements/dev.in requirements/constraints.txt requirements/no-deps.txt pyproject.toml client/pyproject.toml
 	$(BIN)/pip install --quiet --upgrade -c requirements/constraints.txt pip setuptools wheel
-	$(BIN)/pip install --quiet -c requirements/constraints.txt -r requirements/runtime.in
+	$(BIN)/pip install --quiet -c requirements/constraints.txt -r requirements/runtime.in -r requirements/dev.in
 	# These declare a dependency on the full `tensorflow` package: installed without dependencies
 	# next to tensorflow-cpu, pinned by hash.
 	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements/no-deps.txt

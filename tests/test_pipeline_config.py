@@ -25,7 +25,7 @@ def test_rendered_config_parses_and_carries_the_options(data_dir: Path, tmp_path
     options = TrainingOptions(
         data_dir=data_dir, num_steps=1234, batch_size=6, learning_rate=0.05, warmup_steps=100,
         warmup_learning_rate=0.01, depth_multiplier=0.35, augmentations=["flip", "brightness"],
-        fine_tune_checkpoint="/ckpt/backbone-1", fine_tune_checkpoint_type="classification",
+        fine_tune_checkpoint="/ckpt/backbone-1", fine_tune_checkpoint_type="classification", batch_norm_decay=0.9,
     )
     config = load_pipeline_config(write_pipeline_config(options, tmp_path / "run" / "pipeline.config"))
 
@@ -35,6 +35,8 @@ def test_rendered_config_parses_and_carries_the_options(data_dir: Path, tmp_path
     assert ssd.feature_extractor.depth_multiplier == pytest.approx(0.35)
     assert ssd.feature_extractor.min_depth == 8
     assert ssd.image_resizer.fixed_shape_resizer.height == 320
+    assert ssd.feature_extractor.conv_hyperparams.batch_norm.decay == pytest.approx(0.9)
+    assert ssd.box_predictor.weight_shared_convolutional_box_predictor.conv_hyperparams.batch_norm.decay == pytest.approx(0.9)
     train = config.train_config
     assert (train.batch_size, train.num_steps) == (6, 1234)
     cosine = train.optimizer.momentum_optimizer.learning_rate.cosine_decay_learning_rate
@@ -63,6 +65,7 @@ def test_from_scratch_has_no_fine_tune_checkpoint(data_dir: Path) -> None:
         ({"augmentations": ["flip", "mosaic"]}, "unknown augmentation(s) ['mosaic']"),
         ({"fine_tune_checkpoint_type": "full"}, "fine_tune_checkpoint_type must be one of"),
         ({"warmup_learning_rate": 1.0}, "warmup_learning_rate 1.0 must not exceed"),
+        ({"batch_norm_decay": 1.0}, "batch_norm_decay must be in (0, 1)"),
     ],
 )
 def test_bad_options_are_named(data_dir: Path, change: dict, message: str) -> None:

@@ -33,11 +33,13 @@ def _augmentations(value: str) -> list[str]:
               help="Keras MobileNetV2 ImageNet no_top .h5 file, or 'imagenet' to let Keras download it.")
 @click.option("--fine-tune-checkpoint", default=None,
               help="TFOD2 detection checkpoint (zoo model) to start from, e.g. .../checkpoint/ckpt-0.")
+@click.option("--batch-norm-decay", type=float, default=None,
+              help="Batch-norm moving-average decay [default: 0.997 from pretrained weights, 0.9 from scratch].")
 @click.option("--checkpoint-every", default=500, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning_rate: float, warmup_steps: int | None,
           depth_multiplier: float, image_size: int, augment: str, backbone_weights: str | None,
-          fine_tune_checkpoint: str | None, checkpoint_every: int, progress: bool) -> None:
+          fine_tune_checkpoint: str | None, batch_norm_decay: float | None, checkpoint_every: int, progress: bool) -> None:
     """Train SSD MobileNetV2 FPN-Lite with TFOD2 on the TFRecords in --data."""
     from detserve.training.run import TrainingRequest, prepare_run, report_training
     from detserve.training.train import train as run_training
@@ -48,7 +50,7 @@ def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning
         data_dir=data_dir, model_dir=model_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
         warmup_steps=warmup_steps, depth_multiplier=depth_multiplier, image_size=image_size,
         augmentations=_augmentations(augment), backbone_weights=backbone_weights,
-        fine_tune_checkpoint=fine_tune_checkpoint,
+        fine_tune_checkpoint=fine_tune_checkpoint, batch_norm_decay=batch_norm_decay,
     )
     try:
         for line in prepare_run(request):

@@ -46,6 +46,10 @@ class TrainingOptions:
     depth_multiplier: float = 0.5
     min_depth: int = 8
     predictor_depth: int = 128
+    # Moving-average decay of every batch norm. The zoo's 0.997 suits fine-tuning from pretrained
+    # statistics; a short run from scratch needs faster-moving statistics (e.g. 0.9) or inference,
+    # which uses the moving averages, sees activations the averages never caught up with.
+    batch_norm_decay: float = 0.997
     augmentations: list[str] = field(default_factory=lambda: ["flip", "crop"])
     # A TF2 checkpoint prefix to start from, and what it holds (a backbone or a whole detector).
     fine_tune_checkpoint: str | None = None
@@ -62,6 +66,8 @@ class TrainingOptions:
         if not 0 <= self.warmup_steps < self.num_steps:
             # TFOD2's cosine schedule rejects warmup_steps >= total_steps.
             problems.append(f"warmup_steps must be in [0, num_steps), got {self.warmup_steps} (num_steps {self.num_steps})")
+        if not 0 < self.batch_norm_decay < 1:
+            problems.append(f"batch_norm_decay must be in (0, 1), got {self.batch_norm_decay}")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.warmup_learning_rate > self.learning_rate:
@@ -103,6 +109,7 @@ def render_pipeline_config(options: TrainingOptions) -> str:
         num_classes=num_classes,
         image_size=options.image_size,
         predictor_depth=options.predictor_depth,
+        batch_norm_decay=options.batch_norm_decay,
         min_depth=options.min_depth,
         depth_multiplier=options.depth_multiplier,
         fine_tune=fine_tune,

@@ -16,6 +16,9 @@ from detserve.training.pipeline_config import (
 )
 from detserve.training.train import PIPELINE_CONFIG, TrainResult, checkpoint_step, latest_checkpoint
 
+PRETRAINED_BATCH_NORM_DECAY = 0.997  # the model zoo's
+SCRATCH_BATCH_NORM_DECAY = 0.9
+
 
 @dataclass
 class TrainingRequest:
@@ -30,6 +33,18 @@ class TrainingRequest:
     augmentations: list[str] | None = None
     backbone_weights: str | None = None
     fine_tune_checkpoint: str | None = None
+    batch_norm_decay: float | None = None  # None: 0.997 from pretrained weights, 0.9 from scratch
+
+    def resolved_batch_norm_decay(self) -> float:
+        if self.batch_norm_decay is not None:
+            return self.batch_norm_decay
+        # Measured on the synthetic demo (600 steps from scratch): decay 0.997 gave mAP 0.0003 because
+        # inference's moving statistics had not caught up; 0.9 gave mAP 0.82.
+        return SCRATCH_BATCH_NORM_DECAY if self.from_scratch else PRETRAINED_BATCH_NORM_DECAY
+
+    @property
+    def from_scratch(self) -> bool:
+        return not (self.backbone_weights or self.fine_tune_checkpoint)
 
     def options(self) -> TrainingOptions:
         warmup = self.warmup_steps if self.warmup_steps is not None else min(300, self.steps // 10)
@@ -39,6 +54,7 @@ class TrainingRequest:
             # The zoo config warms up from a third of the peak rate.
             warmup_learning_rate=round(self.learning_rate / 3, 6),
             image_size=self.image_size, depth_multiplier=self.depth_multiplier,
+            batch_norm_decay=self.resolved_batch_norm_decay(),
             augmentations=list(self.augmentations if self.augmentations is not None else ["flip", "crop"]),
         )
 
@@ -70,7 +86,10 @@ def prepare_run(request: TrainingRequest) -> Iterator[str]:
             + (f" ({len(imported.truncated)} truncated to alpha {request.depth_multiplier}: Conv_1)" if imported.truncated else "")
         )
     else:
-        yield "training from scratch (no --backbone-weights or --fine-tune-checkpoint): expect a low mAP on small data"
+        yield (
+            f"training from scratch (batch-norm decay {options.batch_norm_decay}): fine for simple data; real photos "
+            "need --backbone-weights or --fine-tune-checkpoint"
+        )
     write_pipeline_config(options, config_path)
     yield f"wrote {config_path}"
 

@@ -1,0 +1,115 @@
+"""Retries with exponential backoff and full jitter, inside one overall deadline per call.
+
+Only :class:`~detserve.client.errors.ServerUnavailable` is retried: gRPC UNAVAILABLE, HTTP 503 and 429,
+and connection failures. INVALID_ARGUMENT, NOT_FOUND, DEADLINE_EXCEEDED and every other error are
+raised at once: sending the same bad request again cannot succeed, and a call whose deadline passed has
+no time left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from .errors import DeadlineExceeded, DetserveClientError
+
+__all__ = ["RetryPolicy", "call_with_retry", "acall_with_retry"]
+
+log = logging.getLogger("detserve.client")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``max_attempts`` tries in all; before try n+1 the client sleeps a random time in
+    [0, min(max_backoff, initial_backoff * multiplier**(n-1))] (full jitter), or the server's
+    Retry-After if longer, and never past the call's deadline."""
+
+    max_attempts: int = 4
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+
+    def __post_init__(self):
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+    def backoff(self, retry: int, rng: random.Random | None = None) -> float:
+        """Sleep before retry number ``retry`` (1-based)."""
+        cap = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        return (rng or random).uniform(0.0, cap)
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _remaining(deadline: float | None, what: str, last: DetserveClientError | None) -> float | None:
+    if deadline is None:
+        return None
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        if last is not None:
+            raise last
+        raise DeadlineExceeded(f"{what}: deadline passed before the request was sent", code="DEADLINE_EXCEEDED")
+    return remaining
+
+
+def _next_sleep(policy: RetryPolicy, error: DetserveClientError, attempt: int, deadline: float | None,
+                rng: random.Random | None) -> float | None:
+    """Seconds to sleep before the next attempt, or None to give up and raise ``error``."""
+    error.attempts = attempt
+    if not error.retryable or attempt >= policy.max_attempts:
+        return None
+    delay = policy.backoff(attempt, rng)
+    if error.retry_after is not None:
+        delay = max(delay, min(error.retry_after, policy.max_backoff))
+    if deadline is not None and time.monotonic() + delay >= deadline:
+        return None
+    return delay
+
+
+def call_with_retry(function: Callable[[float | None], T], *, policy: RetryPolicy, timeout: float | None,
+                    what: str, rng: random.Random | None = None) -> T:
+    """``function(remaining_seconds)`` until it succeeds, retrying only retryable errors."""
+    deadline = _deadline(timeout)
+    attempt, last = 0, None
+    while True:
+        attempt += 1
+        remaining = _remaining(deadline, what, last)
+        try:
+            return function(remaining)
+        except DetserveClientError as error:
+            delay = _next_sleep(policy, error, attempt, deadline, rng)
+            if delay is None:
+                raise
+            log.info("%s: %s; retry %d/%d in %.3f s", what, error, attempt, policy.max_attempts - 1, delay)
+            last = error
+            time.sleep(delay)
+
+
+async def acall_with_retry(function: Callable[[float | None], Awaitable[T]], *, policy: RetryPolicy,
+                           timeout: float | None, what: str, rng: random.Random | None = None) -> T:
+    """The asyncio twin of :func:`call_with_retry`."""
+    deadline = _deadline(timeout)
+    attempt, last = 0, None
+    while True:
+        attempt += 1
+        remaining = _remaining(deadline, what, last)
+        try:
+            return await function(remaining)
+        except DetserveClientError as error:
+            delay = _next_sleep(policy, error, attempt, deadline, rng)
+            if delay is None:
+                raise
+            log.info("%s: %s; retry %d/%d in %.3f s", what, error, attempt, policy.max_attempts - 1, delay)
+            last = error
+            await asyncio.sleep(delay)

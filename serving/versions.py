@@ -1,0 +1,106 @@
+"""Which versions of a model the server should serve: the repository scan and the version policy.
+
+As TF Serving's file-system source: every child directory of ``base_path`` whose name is a non-negative integer
+is a version (``00007`` is version 7; hidden ``.tmp-export-*`` directories and files are ignored). The policy
+(``ModelConfig.model_version_policy``) picks the *aspired* versions among them:
+
+- ``latest { num_versions: N }`` (the default, N=1): the N highest version numbers present;
+- ``all {}``: every version present;
+- ``specific { versions: [...] }``: those listed that are present.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_VERSION = re.compile(r"[0-9]+")
+
+
+class ScanError(OSError):
+    """The base path cannot be listed (missing, not a directory, unreadable)."""
+
+
+def scan_versions(base_path: Path | str) -> dict[int, Path]:
+    """``{version: directory}`` under ``base_path``. Raises ScanError if base_path cannot be listed."""
+    base_path = Path(base_path)
+    try:
+        entries = list(os.scandir(base_path))
+    except FileNotFoundError:
+        raise ScanError(f"No versions of servable found under base path {base_path}: "
+                        "the directory does not exist") from None
+    except NotADirectoryError:
+        raise ScanError(f"base path {base_path} is not a directory") from None
+    except OSError as error:
+        raise ScanError(f"cannot list base path {base_path}: {error}") from None
+    versions: dict[int, Path] = {}
+    for entry in entries:
+        if not _VERSION.fullmatch(entry.name):
+            continue
+        try:
+            if not entry.is_dir():
+                continue
+        except OSError:
+            continue
+        version = int(entry.name)
+        # Two spellings of one number ("7" and "007"): keep the canonical one, as an export never writes both.
+        if version not in versions or entry.name == str(version):
+            versions[version] = Path(entry.path)
+    return versions
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    kind: str  # "latest" | "all" | "specific"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    @classmethod
+    def from_model_config(cls, model_config) -> VersionPolicy:
+        policy = model_config.model_version_policy
+        which = policy.WhichOneof("policy_choice")
+        if which == "all":
+            return cls("all")
+        if which == "specific":
+            return cls("specific", versions=tuple(sorted(set(policy.specific.versions))))
+        if which == "latest":
+            return cls("latest", num_versions=max(1, policy.latest.num_versions or 1))
+        return cls("latest", num_versions=1)
+
+    def aspired(self, available: set[int] | dict[int, object]) -> set[int]:
+        present = set(available)
+        if self.kind == "all":
+            return present
+        if self.kind == "specific":
+            return present & set(self.versions)
+        return set(sorted(present)[-self.num_versions:])
+
+    def describe(self) -> str:
+        if self.kind == "all":
+            return "all versions"
+        if self.kind == "specific":
+            return "versions " + ", ".join(map(str, self.versions))
+        return f"latest {self.num_versions}"
+
+
+def fingerprint(version_dir: Path | str) -> tuple:
+    """Names, sizes and modification times of every file of a version: a failed load is retried once this changes
+    (an export still being copied in place, or a broken version fixed by hand)."""
+    version_dir = Path(version_dir)
+    items = []
+    for root, dirs, files in os.walk(version_dir):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root) / name
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            items.append((str(path.relative_to(version_dir)), stat.st_size, stat.st_mtime_ns))
+    try:
+        items.append(("", 0, version_dir.stat().st_mtime_ns))
+    except OSError:
+        pass
+    return tuple(items)
