@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -165,17 +166,17 @@ def overhead_table(repeat: int) -> list[dict]:
         image = photo(height, width)
         file_bytes = jpeg_file(image)
         cases = [
-            ("gRPC", "raw uint8, resized to 320x320 (default)", lambda: encode_grpc(grpc_core, meta, image)),
-            ("gRPC", "JPEG file bytes as they are", lambda: encode_grpc(core("grpc://h:1", "jpeg"), meta, file_bytes)),
-            ("REST", "b64 JPEG of 320x320 resize (default)", lambda: encode_rest(rest_core, meta, image)),
-            ("REST", "b64 JPEG file bytes as they are", lambda: encode_rest(rest_core, meta, file_bytes)),
-            ("REST", "JSON lists of 320x320 pixels", lambda: encode_rest(rest_raw_core, meta, image)),
+            ("gRPC", "raw uint8, resized to 320x320 (default)", partial(encode_grpc, grpc_core, meta, image)),
+            ("gRPC", "JPEG file bytes as they are", partial(encode_grpc, core("grpc://h:1", "jpeg"), meta, file_bytes)),
+            ("REST", "b64 JPEG of 320x320 resize (default)", partial(encode_rest, rest_core, meta, image)),
+            ("REST", "b64 JPEG file bytes as they are", partial(encode_rest, rest_core, meta, file_bytes)),
+            ("REST", "JSON lists of 320x320 pixels", partial(encode_rest, rest_raw_core, meta, image)),
         ]
         if height > 320:
             cases.insert(1, ("gRPC", "raw uint8, not resized (naive client)",
-                             lambda: encode_grpc(core("grpc://h:1", "raw", input_size=(height, width)), meta, image)))
+                             partial(encode_grpc, core("grpc://h:1", "raw", input_size=(height, width)), meta, image)))
             cases.append(("REST", "JSON lists, not resized (naive client)",
-                          lambda: encode_rest(core("http://h:1", "raw", input_size=(height, width)), meta, image)))
+                          partial(encode_rest, core("http://h:1", "raw", input_size=(height, width)), meta, image)))
         for transport, what, function in cases:
             size = len(function())
             encode_ms = median_ms(function, repeat if size < 5e6 else max(3, repeat // 5))
@@ -199,9 +200,14 @@ def _site_packages_bytes(venv: Path) -> int:
 
 
 def measure_install(spec: str, label: str) -> dict:
-    """Fresh venv, ``pip install --no-cache-dir spec``: wall time, site-packages growth, package count."""
+    """Fresh venv, ``pip install --no-cache-dir spec``: wall time, site-packages growth, package count.
+    A local directory is copied first (setuptools builds in the source tree)."""
     root = Path(tempfile.mkdtemp(prefix="detserve-install-"))
     try:
+        if Path(spec).is_dir():
+            source = root / "source"
+            shutil.copytree(spec, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+            spec = str(source)
         venv = root / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = [str(venv / "bin" / "python"), "-m", "pip"]

@@ -253,6 +253,18 @@ def _numpy(outputs: Mapping) -> dict[str, np.ndarray]:
     return {key: value.numpy() for key, value in outputs.items()}
 
 
+def _step(prefix: str) -> str:
+    """'step N' for a training checkpoint; 'no step' for one without (e.g. TFOD2's exported checkpoint)."""
+    import tensorflow as tf
+
+    from detserve.training.train import checkpoint_step
+
+    try:
+        return f"step {checkpoint_step(prefix)}"
+    except tf.errors.NotFoundError:  # the checkpoint has no step variable
+        return "no step"
+
+
 def checkpoint_builder(pipeline_config: Path, checkpoint: Path | str, label_map_path: Path | None,
                        echo: Echo) -> Callable[[Path], BuiltModel]:
     """Rebuild the TFOD2 model of ``pipeline_config`` with the checkpoint's weights and save it with
@@ -263,7 +275,6 @@ def checkpoint_builder(pipeline_config: Path, checkpoint: Path | str, label_map_
 
         from detserve.export.signatures import build_module, checkpoint_detect_fns
         from detserve.training.evaluation.predictors import checkpoint_mismatch, restore_detection_model
-        from detserve.training.train import checkpoint_step
 
         config_label_map, eval_pattern = _pipeline_paths(pipeline_config)
         chosen = label_map_path or (Path(config_label_map) if config_label_map else None)
@@ -277,8 +288,9 @@ def checkpoint_builder(pipeline_config: Path, checkpoint: Path | str, label_map_
             model, status, prefix = restore_detection_model(pipeline_config, checkpoint)
         except FileNotFoundError as error:
             raise ExportError(str(error)) from error
-        echo(f"building {pipeline_config.name} with {prefix} (step {checkpoint_step(prefix)}), "
-             f"input {input_size[0]}x{input_size[1]}" if input_size else f"building with {prefix}")
+        described = f"{prefix} ({_step(prefix)})"
+        echo(f"building the model of {pipeline_config} with {described}"
+             + (f", input {input_size[0]}x{input_size[1]}" if input_size else ""))
         detect_images, detect_encoded = checkpoint_detect_fns(model, input_size)
         try:
             module, signatures = build_module(detect_images, detect_encoded, label_map, input_size, {"model": model})
@@ -291,7 +303,7 @@ def checkpoint_builder(pipeline_config: Path, checkpoint: Path | str, label_map_
         reference = [_numpy(module.serving_default(tf.constant(image[np.newaxis]))) for image in samples]
         echo("saving the SavedModel")
         tf.saved_model.save(module, str(staged), signatures=signatures)
-        return BuiltModel(source=f"checkpoint {prefix} (step {checkpoint_step(prefix)}) + {pipeline_config}",
+        return BuiltModel(source=f"checkpoint {described} + {pipeline_config}",
                           label_map=label_map, label_map_text=label_map_text, input_size=input_size,
                           samples=samples, reference=reference)
 
@@ -447,7 +459,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 def _export(build: Callable[[Path], BuiltModel], repository: Path | str, name: str, version: int | None,
             keep: int | None, serving_configs: Sequence[Path] | None, batching_configs: Sequence[Path] | None,
-            echo: Echo | None) -> ExportResult:
+            echo: Echo | None, measure_latency: bool = True) -> ExportResult:
     echo = echo or (lambda message: None)
     if not _NAME.fullmatch(name) or name.isdigit():
         raise ExportError(f"model name {name!r} must be a plain directory name (letters, digits, _ . -; not a number)")
@@ -475,7 +487,7 @@ def _export(build: Callable[[Path], BuiltModel], repository: Path | str, name: s
         warmup = write_warmup_file(staged, name, sizes)
         signatures = _check_method_names(staged)
         echo("verifying in a fresh process (plain TensorFlow)")
-        verification = verify_in_subprocess(staged, built)
+        verification = verify_in_subprocess(staged, built, measure_latency)
         if not verification.get("ok"):
             raise ExportError(f"verification failed, nothing published: {_failed_checks(verification)}")
         try:
@@ -509,6 +521,7 @@ def export_checkpoint(
     serving_configs: Sequence[Path] | None = None,
     batching_configs: Sequence[Path] | None = None,
     echo: Echo | None = None,
+    measure_latency: bool = True,
 ) -> ExportResult:
     """Export a TFOD2 checkpoint (prefix, or a directory: its latest; default: pipeline.config's directory).
 
@@ -520,7 +533,7 @@ def export_checkpoint(
         raise ExportError(f"pipeline config not found: {pipeline_config}")
     checkpoint = checkpoint if checkpoint is not None else pipeline_config.parent
     builder = checkpoint_builder(pipeline_config, checkpoint, Path(label_map) if label_map else None, echo or (lambda m: None))
-    return _export(builder, repository, name, version, keep, serving_configs, batching_configs, echo)
+    return _export(builder, repository, name, version, keep, serving_configs, batching_configs, echo, measure_latency)
 
 
 def adopt_saved_model(
@@ -536,6 +549,7 @@ def adopt_saved_model(
     serving_configs: Sequence[Path] | None = None,
     batching_configs: Sequence[Path] | None = None,
     echo: Echo | None = None,
+    measure_latency: bool = True,
 ) -> ExportResult:
     """Bring a SavedModel made by TFOD2's exporter into the repository with detserve's signatures."""
     source = Path(source)
@@ -544,7 +558,7 @@ def adopt_saved_model(
     find_saved_model(source)  # fail before anything else
     builder = saved_model_builder(source, Path(label_map) if label_map else None,
                                   Path(pipeline_config) if pipeline_config else None, signature, echo or (lambda m: None))
-    return _export(builder, repository, name, version, keep, serving_configs, batching_configs, echo)
+    return _export(builder, repository, name, version, keep, serving_configs, batching_configs, echo, measure_latency)
 
 
 # ------------------------------------------------------------------------------------------------

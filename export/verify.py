@@ -61,29 +61,46 @@ def _valid(outputs: Mapping[str, np.ndarray], index: int) -> tuple[np.ndarray, n
 def compare_detections(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
                        ref_index: int = 0, cand_index: int = 0, score_tolerance: float = SCORE_TOLERANCE,
                        box_tolerance: float = BOX_TOLERANCE, floor: float = SCORE_FLOOR) -> dict:
-    """Match one image's detections (batch rows ``ref_index``/``cand_index``) as sets.
+    """Compare one image's detections (batch rows ``ref_index``/``cand_index``).
 
-    Every reference detection scoring at least ``floor`` (lowered to the MIN_COMPARED-th best score if
-    fewer pass) must have a candidate with the same class, |score difference| <= score_tolerance and every
-    box coordinate within box_tolerance, and vice versa. Detections within tolerance of the floor may be
-    missing on the other side. Returns {"ok", "compared", "max_score_diff", "max_box_diff", "problem"}.
+    First slot by slot: same num_detections, classes, and scores/boxes within tolerance (this also checks
+    models whose scores are all tied). Failing that, as sets: every reference detection scoring at least
+    ``floor`` (lowered to the MIN_COMPARED-th best score if fewer pass) needs a candidate with the same
+    class, |score difference| <= score_tolerance and every box coordinate within box_tolerance, and vice
+    versa; the sorted scores must agree too. Detections within tolerance of the floor, or of the lowest
+    score of a full output (where top-k may cut either way), may be missing on the other side.
+    Returns {"ok", "compared", "max_score_diff", "max_box_diff", "problem"}.
     """
     ref = _valid(reference, ref_index)
     cand = _valid(candidate, cand_index)
+    result = {"ok": True, "compared": 0, "max_score_diff": 0.0, "max_box_diff": 0.0, "problem": ""}
+    if len(ref[1]) == len(cand[1]) and np.array_equal(ref[2], cand[2]):
+        score_diff = float(np.abs(ref[1] - cand[1]).max(initial=0.0))
+        box_diff = float(np.abs(ref[0] - cand[0]).max(initial=0.0))
+        if score_diff <= score_tolerance and box_diff <= box_tolerance:
+            result.update(compared=len(ref[1]), max_score_diff=score_diff, max_box_diff=box_diff)
+            return result
+
     ranked = np.sort(ref[1])[::-1]
     if len(ranked) >= MIN_COMPARED:
         floor = min(floor, float(ranked[MIN_COMPARED - 1]))
     elif len(ranked):
         floor = min(floor, float(ranked[-1]))
-    result = {"ok": True, "compared": 0, "max_score_diff": 0.0, "max_box_diff": 0.0, "problem": ""}
+    slots = np.asarray(reference["detection_scores"]).shape[-1]
 
-    def match(source, target, label):
+    def cut(scores) -> float:
+        """Scores at or below this may have been cut by top-k on that side."""
+        return float(scores.min()) + score_tolerance if len(scores) == slots else -np.inf
+
+    def match(source, target, label, lowest):
         boxes, scores, classes = source
         t_boxes, t_scores, t_classes = target
         used = np.zeros(len(t_scores), bool)
         for i in np.argsort(-scores):
-            if scores[i] < floor + score_tolerance:
+            if scores[i] < lowest:
                 break
+            if scores[i] <= cut(t_scores):
+                continue
             close = ((t_classes == classes[i]) & ~used & (np.abs(t_scores - scores[i]) <= score_tolerance)
                      & (np.abs(t_boxes - boxes[i]).max(axis=-1, initial=0.0) <= box_tolerance))
             if not close.any():
@@ -98,11 +115,17 @@ def compare_detections(reference: Mapping[str, np.ndarray], candidate: Mapping[s
             result["max_score_diff"] = max(result["max_score_diff"], float(abs(t_scores[j] - scores[i])))
             result["max_box_diff"] = max(result["max_box_diff"], float(np.abs(t_boxes[j] - boxes[i]).max()))
 
-    match(ref, cand, "reference")
+    match(ref, cand, "reference", floor)
     if result["ok"]:
         compared = result["compared"]
-        match(cand, ref, "exported")
+        match(cand, ref, "exported", floor + score_tolerance)
         result["compared"] = compared
+    if result["ok"]:
+        count = int((ref[1] >= floor + score_tolerance).sum())
+        top_ref, top_cand = ranked[:count], np.sort(cand[1])[::-1][:count]
+        if len(top_cand) < count or np.abs(top_ref - top_cand).max(initial=0.0) > score_tolerance:
+            result["ok"] = False
+            result["problem"] = f"the {count} best scores differ: {np.round(top_ref[:5], 4)} vs {np.round(top_cand[:5], 4)}"
     return result
 
 

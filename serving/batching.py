@@ -36,7 +36,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from detserve.serving.config import BatchingOptions
-from detserve.serving.errors import Code, ServingError, failed_precondition, from_exception, invalid_argument, unavailable
+from detserve.serving.errors import (
+    Code,
+    ServingError,
+    failed_precondition,
+    from_exception,
+    invalid_argument,
+    unavailable,
+)
 from detserve.serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,9 @@ LOADING -> (SavedModel load, warmup records replayed) -> AVAILABLE. Only after t
 could are versions the policy no longer wants retired (UNLOADING -> END): a retired version leaves the routing
 table at once, and its TensorFlow objects are released once the requests holding it (queued or running) have
 finished. A version that fails to load ends in END with the error in its status and never replaces a working
-version: an old version is retired only when one of the aspired versions is AVAILABLE (or when nothing is
-aspired at all, i.e. the directories are gone). A failed version is retried when its files change.
+version: it does not count for the policy (with ``latest { num_versions: 2 }``, versions 2 and 3 keep serving
+when 4 is broken), and an old version is retired only when one of the aspired versions is AVAILABLE (or when
+nothing is aspired at all, i.e. the directories are gone). A failed version is retried when its files change.
 
 Requests name a model, and optionally a version or a label; without either they get the highest AVAILABLE
 version. Labels follow TF Serving: a label may only be assigned to an AVAILABLE version, which at start-up
@@ -257,15 +258,17 @@ class ModelManager:
             model.last_scan_error = str(error)
             return  # keep serving whatever is loaded: a missing mount is not a request to unload
         model.last_scan_error = None
-        aspired = model.policy.aspired(on_disk)
-        for version in sorted(aspired, reverse=True):
+        # A version that failed to load (and has not changed since) does not count for the policy: it must not
+        # push a working version out of "latest N".
+        candidates = {v: p for v, p in on_disk.items() if v not in model.failed or model.failed[v] != fingerprint(p)}
+        for version in sorted(model.policy.aspired(candidates), reverse=True):
             if version in model.live or self._stop.is_set():
                 continue
             path = on_disk[version]
             stamp = fingerprint(path)
-            if model.failed.get(version) == stamp:
-                continue
-            self._load(model, version, path, stamp)
+            if not self._load(model, version, path, stamp):
+                candidates.pop(version)
+        aspired = model.policy.aspired(candidates)
         with self._lock:
             serving_aspired = [v for v in aspired if v in model.live]
             for version in list(model.live):
@@ -276,7 +279,7 @@ class ModelManager:
         with self._lock:
             model.states[version] = VersionStatus(version, state, error)
 
-    def _load(self, model: _Model, version: int, path: Path, stamp: tuple) -> None:
+    def _load(self, model: _Model, version: int, path: Path, stamp: tuple) -> bool:
         self._set_state(model, version, State.START)
         self._set_state(model, version, State.LOADING)
         log.info("model %s: loading version %d from %s", model.name, version, path)
@@ -294,13 +297,14 @@ class ModelManager:
             self._set_state(model, version, State.END, failure)
             self.metrics.load_attempt_count.inc(str(path), "fail")
             log.error("model %s: version %d failed to load: %s", model.name, version, failure.message)
-            return
+            return False
         with self._lock:
             model.failed.pop(version, None)
             model.live[version] = _Live(servable)
             model.states[version] = VersionStatus(version, State.AVAILABLE)
         self.metrics.load_attempt_count.inc(str(path), "success")
         log.info("model %s: version %d AVAILABLE (%.1f s)", model.name, version, time.monotonic() - started)
+        return True
 
     def _retire(self, model: _Model, version: int) -> None:
         """Take a version out of routing now; release it once its in-flight requests are done (lock held)."""

@@ -165,6 +165,9 @@ def to_array(value, name: str, dtype: int | None) -> np.ndarray:
     """A JSON value (scalar or nested lists) as a numpy array of ``dtype`` (inferred when None)."""
     if dtype == types_pb2.DT_STRING or (dtype is None and _contains_strings(value)):
         return _strings(value, name)
+    if _contains_strings(value):
+        raise invalid_argument(f"input {name!r} expects {short_dtype_name(dtype)} numbers, not strings or "
+                               "{\"b64\": ...} values (those are for DT_STRING inputs)")
     try:
         raw = np.asarray(value)
     except (ValueError, TypeError):

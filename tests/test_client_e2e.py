@@ -25,11 +25,26 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image
-from test_client_testserver import LABEL_MAP, MODEL_NAME, TestServer, _ModelService, make_certificates, \
-    servable_for, tiny_model_dir
+from test_client_testserver import (
+    LABEL_MAP,
+    MODEL_NAME,
+    TestServer,
+    _ModelService,
+    make_certificates,
+    servable_for,
+    tiny_model_dir,
+)
 
-from detserve.client import AsyncDetector, DeadlineExceeded, Detector, DetserveClientError, InvalidInput, \
-    ModelNotFound, RetryPolicy, ServerUnavailable
+from detserve.client import (
+    AsyncDetector,
+    DeadlineExceeded,
+    Detector,
+    DetserveClientError,
+    InvalidInput,
+    ModelNotFound,
+    RetryPolicy,
+    ServerUnavailable,
+)
 from detserve.client.cli import main as detserve
 from detserve.client.images import encode_image, resize_bilinear
 from detserve.export.verify import compare_detections
@@ -296,7 +311,7 @@ def test_detect_batch_matches_single_calls_and_splits_requests(server, servable,
         batch = client.detect_batch(images)
         assert servable.predict_calls - calls == 3  # 2 + 2 + 1 images
         singles = [client.detect(image) for image in images]
-    for detections, single in zip(batch, singles):
+    for detections, single in zip(batch, singles, strict=True):
         assert_close(detections, single)
     assert all(len(b) > 10 for b in batch)
 
@@ -311,7 +326,7 @@ def test_score_threshold_and_max_detections(server, transport):
     assert default == [d for d in everything if d.score >= 0.5]
     assert 0 < len(default) < len(everything)
     assert top3 == default[:3]
-    assert all(a.score >= b.score for a, b in zip(everything, everything[1:]))
+    assert all(a.score >= b.score for a, b in zip(everything, everything[1:], strict=False))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -466,7 +481,7 @@ def test_async_grpc_many_concurrent_calls(server, servable):
 
     results, batch = asyncio.run(run())
     assert results == expected
-    for detections, single in zip(batch, expected):
+    for detections, single in zip(batch, expected, strict=True):
         assert_close(detections, single)
 
 
@@ -498,7 +513,7 @@ def test_cli_detect_writes_annotated_pngs_for_the_real_image(server, shared_path
                                            MODEL_NAME, "--out", str(out), "--score-threshold", "0.3"])
     assert result.exit_code == 0, result.output
     annotated = out / "example_mask_detection_image.png"
-    assert f"example_mask_detection_image.png (1563x778): " in result.output and str(annotated) in result.output
+    assert "example_mask_detection_image.png (1563x778): " in result.output and str(annotated) in result.output
     assert "label" in result.output and "xmin" in result.output
     with Image.open(annotated) as drawn, Image.open(example) as original:
         assert drawn.format == "PNG" and drawn.size == original.size == (1563, 778)

@@ -1,6 +1,7 @@
 """A TF Serving stand-in for the client's end-to-end tests, and the tests that it is faithful.
 
-Until `detserve serve` (the embedded server) lands, the client is tested against this server: the official
+The client's fault-injection tests (retries, deadlines, TLS) run against this server, which can fail on demand;
+test_client_embedded.py runs the client against `detserve serve` itself. This one is the official
 ``tensorflow_serving.apis`` servicers over gRPC and TF Serving's REST API (the routes, JSON shapes and HTTP
 status codes of tensorflow_serving/model_servers/http_rest_api_handler.cc and http_server.cc), both calling
 one in-process SavedModel. Faults (status codes, delays) can be injected into Predict calls, and the

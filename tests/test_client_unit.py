@@ -13,8 +13,16 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from detserve.client import Box, DeadlineExceeded, Detection, DetserveClientError, InvalidInput, ModelNotFound, \
-    RetryPolicy, ServerUnavailable
+from detserve.client import (
+    Box,
+    DeadlineExceeded,
+    Detection,
+    DetserveClientError,
+    InvalidInput,
+    ModelNotFound,
+    RetryPolicy,
+    ServerUnavailable,
+)
 from detserve.client.detector import _Core
 from detserve.client.draw import annotate
 from detserve.client.errors import from_grpc_error, from_http_error
@@ -53,9 +61,8 @@ def test_resize_equals_tensorflow_bit_for_bit(size, out):
 
 def test_tfod2_fixed_shape_resizer_is_the_legacy_filter():
     """TFOD2's preprocessor.resize_image (tf.compat.v1 resize_images, align_corners=False) is what the
-    client's default resize_method reproduces; tf.image.resize differs."""
-    import detserve.training.tfod_compat  # noqa: F401
-
+    client's default resize_method reproduces; tf.image.resize differs. (conftest imports TFOD2's compat
+    layer first.)"""
     from object_detection.core import preprocessor
 
     image = np.random.default_rng(0).integers(0, 256, (333, 517, 3), dtype=np.uint8)

@@ -13,7 +13,13 @@ from click.testing import CliRunner
 
 from detserve.export import repository as repo
 from detserve.export.cli import export as export_command
-from detserve.export.exporter import BuiltModel, ExportError, _export, default_batching_configs, default_serving_configs
+from detserve.export.exporter import (
+    BuiltModel,
+    ExportError,
+    _export,
+    default_batching_configs,
+    default_serving_configs,
+)
 from detserve.export.verify import compare_detections
 from detserve.export.warmup import warmup_batch_sizes
 

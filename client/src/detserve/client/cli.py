@@ -152,7 +152,7 @@ def detect(images, server, model, model_version, version_label, timeout, ca_cert
                 loaded = [load_image(path) for path in batch]
                 results = detector.detect_batch(loaded, score_threshold=score_threshold,
                                                 max_detections=max_detections)
-                for path, image, detections in zip(batch, loaded, results):
+                for path, image, detections in zip(batch, loaded, results, strict=True):
                     annotated = None
                     if out is not None:
                         from PIL import Image

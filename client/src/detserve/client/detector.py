@@ -166,8 +166,8 @@ class _Core:
         if outputs is None:
             raise DetserveClientError(f"REST predict answer has no 'outputs': {str(payload)[:200]}")
         if not isinstance(outputs, dict):  # a one-output signature answers with the bare value
-            (only,) = signature.outputs
-            outputs = {only: outputs}
+            keys = list(signature.outputs)
+            outputs = {keys[0] if len(keys) == 1 else "outputs": outputs}
         result = {}
         for key, value in outputs.items():
             spec = signature.outputs.get(key)
@@ -281,7 +281,7 @@ class _Core:
             return None
         ids = np.asarray(outputs["class_ids"])[0]
         names = outputs["class_names"][0]
-        return {int(i): (n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n)) for i, n in zip(ids, names)}
+        return {int(i): (n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n)) for i, n in zip(ids, names, strict=True)}
 
     @staticmethod
     def ready(status: ModelStatus, version: int | None) -> bool:
@@ -602,7 +602,7 @@ class AsyncDetector:
             self.predict(chunk.signature, {chunk.signature.input.key: chunk.payload}, timeout=timeout,
                          output_filter=core.output_filter(chunk.signature)) for chunk in chunks))
         results: list[list[Detection]] = [[] for _ in images]
-        for chunk, outputs in zip(chunks, answers):
+        for chunk, outputs in zip(chunks, answers, strict=True):
             for row, index in enumerate(chunk.indices):
                 results[index] = core.detections(outputs, row, loaded[index], threshold, limit, meta.class_names)
         return results

@@ -141,7 +141,7 @@ def _interpolation(out_size: int, in_size: int, method: ResizeMethod):
     return lower, upper, lerp
 
 
-def resize_bilinear(pixels: np.ndarray, size: tuple[int, int], method: ResizeMethod = "bilinear",
+def resize_bilinear(pixels: np.ndarray, size: tuple[int, int], method: ResizeMethod = "bilinear_legacy",
                     *, dtype=np.uint8) -> np.ndarray:
     """Resize HxWxC ``pixels`` to ``size`` = (height, width) exactly as TensorFlow's ResizeBilinear does.
 

@@ -19,10 +19,21 @@ import requests
 from google.protobuf import json_format
 from requests.adapters import HTTPAdapter
 
-from .errors import DeadlineExceeded, DetserveClientError, InvalidInput, ServerUnavailable, from_grpc_error, \
-    from_http_error
-from .protos import get_model_metadata_pb2, get_model_status_pb2, model_service_pb2, predict_pb2, \
-    prediction_service_pb2
+from .errors import (
+    DeadlineExceeded,
+    DetserveClientError,
+    InvalidInput,
+    ServerUnavailable,
+    from_grpc_error,
+    from_http_error,
+)
+from .protos import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2,
+    predict_pb2,
+    prediction_service_pb2,
+)
 from .protos._pool import POOL
 
 __all__ = ["ServerAddress", "parse_server", "GrpcTransport", "AsyncGrpcTransport", "RestTransport",
@@ -230,9 +241,11 @@ class RestTransport:
                                             headers={"Content-Type": "application/json"} if data else None)
         except requests.exceptions.SSLError as exc:
             raise DetserveClientError(f"TLS handshake failed: {exc}", code="TLS", server=str(self.address)) from None
+        except requests.exceptions.ConnectTimeout:
+            raise ServerUnavailable("cannot connect: timed out", code="CONNECT", server=str(self.address)) from None
         except requests.exceptions.Timeout:
-            raise DeadlineExceeded(f"no answer within {timeout:.3g} s", code="TIMEOUT",
-                                   server=str(self.address)) from None
+            raise DeadlineExceeded(f"no answer within {timeout:.3g} s" if timeout else "no answer (read timeout)",
+                                   code="TIMEOUT", server=str(self.address)) from None
         except requests.exceptions.ConnectionError as exc:
             raise ServerUnavailable(f"cannot connect: {_reason(exc)}", code="CONNECT",
                                     server=str(self.address)) from None
