@@ -24,6 +24,11 @@ DEPTH_MULTIPLIER ?= 0.5
 # A Keras MobileNetV2 ImageNet .h5 (alpha = DEPTH_MULTIPLIER) or `imagenet` to download it; empty = from scratch.
 BACKBONE_WEIGHTS ?=
 TRAIN_FLAGS ?=
+# The TF Serving model repository `make export` writes versions into: $(REPOSITORY)/$(MODEL_NAME)/<version>/.
+REPOSITORY ?= models
+MODEL_NAME ?= detector
+# Extra `detserve serve` flags for `make serve`, e.g. SERVE_FLAGS="--no-enable-batching --port 9500".
+SERVE_FLAGS ?=
 
 # The demo: small enough for a 2-core laptop, big enough to learn the synthetic shapes.
 DEMO_IMAGES ?= 240
@@ -32,7 +37,7 @@ DEMO_DEPTH_MULTIPLIER ?= 0.35
 
 PYTEST_FLAGS ?=
 
-.PHONY: help setup lock test lint demo synth data train evaluate clean
+.PHONY: help setup lock test lint demo synth data train evaluate export serve bench-serving clean
 
 help:
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -76,11 +81,21 @@ train: setup ## Train SSD MobileNetV2 FPN-Lite on $(DATA) into $(MODEL_DIR) (res
 evaluate: setup ## COCO metrics of the latest checkpoint in $(MODEL_DIR) on the test split
 	$(DETSERVE) evaluate --model-dir $(MODEL_DIR)
 
-demo: setup ## The whole job on the embedded default: synthetic data -> train -> evaluate
+demo: setup ## The whole job on the embedded default: synthetic data -> train -> evaluate -> export
 	$(MAKE) synth
 	$(MAKE) data
 	$(MAKE) train STEPS=$(DEMO_STEPS) DEPTH_MULTIPLIER=$(DEMO_DEPTH_MULTIPLIER)
 	$(MAKE) evaluate
+	$(MAKE) export
+
+export: setup ## Export the latest checkpoint in $(MODEL_DIR) as a new version of $(REPOSITORY)/$(MODEL_NAME)
+	$(DETSERVE) export --model-dir $(MODEL_DIR) --repository $(REPOSITORY) --name $(MODEL_NAME)
+
+serve: setup ## Serve $(REPOSITORY) with serving/*.config on the embedded server (gRPC :8500, REST :8501)
+	$(DETSERVE) serve --repository $(REPOSITORY) $(SERVE_FLAGS)
+
+bench-serving: setup ## Embedded server vs in-process SavedModel: images/s, p50/p99 (an export in $(REPOSITORY))
+	$(BIN)/python benchmarks/serving_benchmark.py --repository $(REPOSITORY) --model $(MODEL_NAME)
 
 clean: ## Remove generated runs (keeps .venv)
 	rm -rf $(RUN)

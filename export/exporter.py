@@ -288,8 +288,8 @@ def checkpoint_builder(pipeline_config: Path, checkpoint: Path | str, label_map_
             model, status, prefix = restore_detection_model(pipeline_config, checkpoint)
         except FileNotFoundError as error:
             raise ExportError(str(error)) from error
-        described = f"{prefix} ({_step(prefix)})"
-        echo(f"building the model of {pipeline_config} with {described}"
+        checkpoint_name = f"{prefix} ({_step(prefix)})"
+        echo(f"building the model of {pipeline_config} with {checkpoint_name}"
              + (f", input {input_size[0]}x{input_size[1]}" if input_size else ""))
         detect_images, detect_encoded = checkpoint_detect_fns(model, input_size)
         try:
@@ -303,7 +303,7 @@ def checkpoint_builder(pipeline_config: Path, checkpoint: Path | str, label_map_
         reference = [_numpy(module.serving_default(tf.constant(image[np.newaxis]))) for image in samples]
         echo("saving the SavedModel")
         tf.saved_model.save(module, str(staged), signatures=signatures)
-        return BuiltModel(source=f"checkpoint {described} + {pipeline_config}",
+        return BuiltModel(source=f"checkpoint {checkpoint_name} + {pipeline_config}",
                           label_map=label_map, label_map_text=label_map_text, input_size=input_size,
                           samples=samples, reference=reference)
 

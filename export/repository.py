@@ -101,14 +101,20 @@ def staging_dir(model_dir: Path | str) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def locked(model_dir: Path | str) -> Iterator[None]:
-    """An exclusive flock on ``<repository>/<name>/`` itself, so two exports cannot pick the same version."""
+    """An exclusive flock on ``<repository>/<name>/`` itself, so two exports cannot pick the same version.
+
+    Best effort: where the file system refuses to lock a directory (some NFS volumes), the export goes on
+    unlocked; ``publish`` still refuses to rename onto an existing version.
+    """
     fd = os.open(model_dir, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        os.close(fd)  # closing releases the lock
 
 
 def _fsync_tree(path: Path) -> None:

@@ -111,7 +111,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             inputs = core.parse_tensor_protos(signature, request.inputs)
             batch_size = core.validate(signature, inputs)
             started = time.perf_counter()
-            outputs = await core.run(handle.servable, signature, inputs, batch_size)
+            outputs = await core.run(handle, signature, inputs, batch_size)
             self.metrics.runtime_latency.observe(spec.name, "Predict", "TF2", (time.perf_counter() - started) * 1e6)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = spec.name

@@ -99,6 +99,13 @@ class Handle:
             self._released = True
             self._manager._release(self._live)
 
+    def hold_until(self, future) -> None:
+        """Keep the version loaded until ``future`` (work already queued for it) is done, even once this
+        handle is released: a request cancelled by its client must not leave a batch running on a version
+        that is being unloaded."""
+        self._manager._hold(self._live)
+        future.add_done_callback(lambda _: self._manager._release(self._live))
+
     def __enter__(self) -> Handle:
         return self
 
@@ -352,6 +359,10 @@ class ModelManager:
                     raise not_found(_not_found_message(name, version))
             live.inflight += 1
             return Handle(self, live)
+
+    def _hold(self, live: _Live) -> None:
+        with self._lock:
+            live.inflight += 1
 
     def _release(self, live: _Live) -> None:
         with self._lock:

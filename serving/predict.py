@@ -162,11 +162,15 @@ class PredictionCore:
             return self.scheduler.submit(key, signature.run, inputs, batch_size)
         return self.executor.submit(signature.run, inputs)
 
-    async def run(self, servable: Servable, signature: Signature, inputs: Mapping[str, np.ndarray],
+    async def run(self, handle: Handle, signature: Signature, inputs: Mapping[str, np.ndarray],
                   batch_size: int | None) -> dict[str, np.ndarray]:
         """All outputs of the signature for validated inputs (ServingError on failure)."""
-        future = self._submit(servable, signature, inputs, batch_size)
-        return await asyncio.wrap_future(future)
+        future = self._submit(handle.servable, signature, inputs, batch_size)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:  # the client went away (or its deadline passed); the work may be queued
+            handle.hold_until(future)
+            raise
 
     def run_blocking(self, servable: Servable, signature: Signature, inputs: Mapping[str, np.ndarray],
                      batch_size: int | None) -> dict[str, np.ndarray]:

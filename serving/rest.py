@@ -119,6 +119,9 @@ class RestApi:
             raise invalid_argument(f"Malformed request: {request.method} {path}")
         except ServingError as error:
             return _error_response(error)
+        except Exception as error:  # a bug: still a JSON answer, and the server keeps serving
+            log.exception("REST %s %s failed", request.method, path)
+            return _error_response(from_exception(error))
 
     def _status(self, name: str, version: int | None, label: str | None) -> web.Response:
         response = get_model_status_pb2.GetModelStatusResponse()
@@ -180,7 +183,7 @@ class RestApi:
             parsed = rest_json.parse_predict(document, signature.inputs)
             batch_size = core.validate(signature, parsed.inputs)
             started = time.perf_counter()
-            outputs = await core.run(handle.servable, signature, parsed.inputs, batch_size)
+            outputs = await core.run(handle, signature, parsed.inputs, batch_size)
             self.metrics.runtime_latency.observe(name, "Predict", "TF2", (time.perf_counter() - started) * 1e6)
         result = rest_json.make_response(outputs, parsed.format)
         if len(body) > _OFFLOAD_JSON_BYTES:

@@ -78,6 +78,7 @@ class EmbeddedServer:
         self.core: PredictionCore | None = None
         self.grpc_address = ""
         self.rest_address = ""
+        self._config_stamp: int | None = None
 
     # -- models -------------------------------------------------------------------------------------------
 
@@ -97,6 +98,8 @@ class EmbeddedServer:
             config_reloader=self._read_config_file if options.config_file else None,
             config_poll_seconds=options.model_config_file_poll_wait_seconds,
         )
+        if options.config_file:
+            self._config_stamp = options.config_file.stat().st_mtime_ns
         self.core = PredictionCore(self.manager, self.executor, self.scheduler, options.limits)
         if options.enable_model_warmup:
             self.manager.warmup = self.core.warmup
@@ -108,12 +111,9 @@ class EmbeddedServer:
 
         path = self.options.config_file
         stamp = path.stat().st_mtime_ns
-        if stamp == getattr(self, "_config_stamp", None):
+        if stamp == self._config_stamp:
             return None
-        first = not hasattr(self, "_config_stamp")
         self._config_stamp = stamp
-        if first:
-            return None  # the config the server started with
         log.info("model config %s changed: reloading", path)
         return self.options.map_config(load_model_server_config(path))
 

@@ -534,3 +534,50 @@ def test_labels_must_point_at_available_versions_unless_allowed(tmp_path):
     with pytest.raises(ServingError, match="not currently available for inference") as error:
         manager.start()
     assert error.value.code == Code.FAILED_PRECONDITION
+
+
+def test_a_broken_version_does_not_push_a_working_one_out_of_latest_n(tmp_path):
+    manager = manager_for(tmp_path, [1, 2], policy="latest { num_versions: 2 }")
+    manager.start()
+    (tmp_path / "m" / "3").mkdir()
+    (tmp_path / "m" / "3" / "BROKEN").write_text("")
+    manager.sync()
+    assert states(manager) == {3: State.END, 2: State.AVAILABLE, 1: State.AVAILABLE}
+    manager.stop()
+
+
+def test_work_of_a_cancelled_request_keeps_its_version_loaded(tmp_path):
+    import concurrent.futures
+
+    manager = manager_for(tmp_path, [1])
+    manager.start()
+    handle = manager.acquire("m")
+    queued = concurrent.futures.Future()
+    handle.hold_until(queued)
+    handle.release()  # the client went away, its batch is still queued
+    (tmp_path / "m" / "2").mkdir()
+    manager.sync()
+    time.sleep(0.1)
+    assert states(manager)[1] == State.UNLOADING and not handle.servable.unloaded
+    queued.set_result(None)
+    deadline = time.monotonic() + 5
+    while states(manager)[1] != State.END and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert handle.servable.unloaded
+    manager.stop()
+
+
+def test_a_changed_config_file_is_read_again_and_mapped(tmp_path):
+    from detserve.serving.server import EmbeddedServer, ServerOptions
+
+    path = tmp_path / "models.config"
+    path.write_text((SERVING / "models.config").read_text())
+    server = EmbeddedServer(ServerOptions(
+        model_config=None, config_file=path, map_config=lambda c: cfg.map_base_paths(c, tmp_path / "repo")))
+    server._config_stamp = path.stat().st_mtime_ns
+    assert server._read_config_file() is None  # unchanged
+    time.sleep(0.01)
+    path.write_text((SERVING / "models.canary.config").read_text())
+    config = server._read_config_file()
+    assert config.model_config_list.config[0].base_path == str(tmp_path / "repo" / "detector")
+    assert set(config.model_config_list.config[0].version_labels) == {"stable", "canary"}
