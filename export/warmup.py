@@ -39,31 +39,15 @@ class BatchSizes:
 
 
 def _parse_allowed_batch_sizes(text: str, source: str) -> tuple[list[int], int | None]:
-    """``allowed_batch_sizes`` and ``max_batch_size`` of a BatchingParameters text proto.
+    """``allowed_batch_sizes`` and ``max_batch_size`` of a BatchingParameters text proto."""
+    from google.protobuf import text_format
 
-    tensorflow-serving-api does not ship session_bundle_config.proto, so a message holding just these two
-    fields (same names, numbers and types as TF Serving's) is parsed with unknown fields skipped.
-    """
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+    from detserve.serving import tfs_config
 
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-    file = descriptor_pb2.FileDescriptorProto(name="detserve/warmup_batching.proto", package="detserve.warmup",
-                                              syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
-    message = file.message_type.add(name="BatchingParameters")
-    F = descriptor_pb2.FieldDescriptorProto
-    message.field.add(name="max_batch_size", number=1, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL,
-                      type_name=".google.protobuf.Int64Value")
-    message.field.add(name="allowed_batch_sizes", number=6, type=F.TYPE_INT64, label=F.LABEL_REPEATED)
-    pool.Add(file)
-    cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("detserve.warmup.BatchingParameters"))
-    parsed = cls()
     try:
-        text_format.Parse(text, parsed, allow_unknown_field=True)
+        parsed = tfs_config.parse_text(text, tfs_config.BatchingParameters, source)
     except text_format.ParseError as error:
-        raise ValueError(f"cannot parse batching config {source}: {error}") from error
+        raise ValueError(f"cannot parse batching config {error}") from error
     max_batch = parsed.max_batch_size.value if parsed.HasField("max_batch_size") else None
     return [int(s) for s in parsed.allowed_batch_sizes], max_batch
 
