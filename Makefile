@@ -37,7 +37,7 @@ DEMO_DEPTH_MULTIPLIER ?= 0.35
 
 PYTEST_FLAGS ?=
 
-.PHONY: help setup lock test lint demo synth data train evaluate export serve bench-serving clean
+.PHONY: serve-check help setup lock test lint demo synth data train evaluate export serve bench-serving clean
 
 help:
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -81,12 +81,13 @@ train: setup ## Train SSD MobileNetV2 FPN-Lite on $(DATA) into $(MODEL_DIR) (res
 evaluate: setup ## COCO metrics of the latest checkpoint in $(MODEL_DIR) on the test split
 	$(DETSERVE) evaluate --model-dir $(MODEL_DIR)
 
-demo: setup ## The whole job on the embedded default: synthetic data -> train -> evaluate -> export
+demo: setup ## The whole job on the embedded default: synthetic data -> train -> evaluate -> export -> serve + detect
 	$(MAKE) synth
 	$(MAKE) data
 	$(MAKE) train STEPS=$(DEMO_STEPS) DEPTH_MULTIPLIER=$(DEMO_DEPTH_MULTIPLIER)
 	$(MAKE) evaluate
 	$(MAKE) export
+	$(MAKE) serve-check
 
 export: setup ## Export the latest checkpoint in $(MODEL_DIR) as a new version of $(REPOSITORY)/$(MODEL_NAME)
 	$(DETSERVE) export --model-dir $(MODEL_DIR) --repository $(REPOSITORY) --name $(MODEL_NAME)
@@ -96,6 +97,13 @@ serve: setup ## Serve $(REPOSITORY) with serving/*.config on the embedded server
 
 bench-serving: setup ## Embedded server vs in-process SavedModel: images/s, p50/p99 (an export in $(REPOSITORY))
 	$(BIN)/python benchmarks/serving_benchmark.py --repository $(REPOSITORY) --model $(MODEL_NAME)
+
+serve-check: setup ## Start the embedded server on $(REPOSITORY), detect on a synthetic image over gRPC and REST, stop it
+	@set -e; $(DETSERVE) serve --repository $(REPOSITORY) & pid=$$!; \
+	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
+	$(DETSERVE) status --server grpc://localhost:8500 --model $(MODEL_NAME) --wait 180; \
+	$(DETSERVE) detect $(firstword $(wildcard $(IMAGES)/*.jpg)) --server grpc://localhost:8500 --model $(MODEL_NAME) --out $(RUN)/detections; \
+	$(DETSERVE) detect $(firstword $(wildcard $(IMAGES)/*.jpg)) --server http://localhost:8501 --model $(MODEL_NAME) --json
 
 clean: ## Remove generated runs (keeps .venv)
 	rm -rf $(RUN)
