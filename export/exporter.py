@@ -257,7 +257,7 @@ def _step(prefix: str) -> str:
     """'step N' for a training checkpoint; 'no step' for one without (e.g. TFOD2's exported checkpoint)."""
     import tensorflow as tf
 
-    from detserve.training.train import checkpoint_step
+    from detserve.training.checkpoints import checkpoint_step
 
     try:
         return f"step {checkpoint_step(prefix)}"

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from detserve.client.cli import main as detserve
-from detserve.training.train import HISTORY_FILE, checkpoint_step, latest_checkpoint, steps_per_loop
+from detserve.training.checkpoints import checkpoint_step, latest_checkpoint
+from detserve.training.train import HISTORY_FILE, steps_per_loop
 
 pytestmark = pytest.mark.slow
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from detserve.training.checkpoints import resolve_checkpoint
+
 # Keras Applications' release location and file naming (keras.applications.mobilenet_v2).
 KERAS_WEIGHTS_ORIGIN = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
 
@@ -34,15 +36,9 @@ def resolve_backbone_weights(spec: str, alpha: float) -> Path:
 
 
 def detection_checkpoint(path: str) -> str:
-    """A TFOD2 zoo/detection checkpoint prefix (``.../checkpoint/ckpt-0``) or a directory holding one."""
-    import tensorflow as tf
-
+    """A TFOD2 zoo/detection checkpoint prefix (``.../checkpoint/ckpt-0``) or a directory holding one
+    (a zoo model's top folder keeps it in ``checkpoint/``)."""
     candidate = Path(path)
-    if candidate.is_dir():
-        found = tf.train.latest_checkpoint(str(candidate)) or tf.train.latest_checkpoint(str(candidate / "checkpoint"))
-        if not found:
-            raise FileNotFoundError(f"no TF2 checkpoint in {candidate} (expected ckpt-N.index, as in a TFOD2 zoo model)")
-        return found
-    if not Path(f"{path}.index").is_file():
-        raise FileNotFoundError(f"{path}.index not found: give a checkpoint prefix such as .../checkpoint/ckpt-0")
-    return path
+    if candidate.is_dir() and (candidate / "checkpoint").is_dir():
+        candidate = candidate / "checkpoint"
+    return resolve_checkpoint(candidate)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from detserve.training.checkpoints import checkpoint_step, latest_checkpoint
 from detserve.training.initialisation import detection_checkpoint, resolve_backbone_weights
 from detserve.training.pipeline_config import (
     TrainingOptions,
@@ -14,7 +15,7 @@ from detserve.training.pipeline_config import (
     render_pipeline_config,
     write_pipeline_config,
 )
-from detserve.training.train import PIPELINE_CONFIG, TrainResult, checkpoint_step, latest_checkpoint
+from detserve.training.train import PIPELINE_CONFIG, TrainResult
 
 PRETRAINED_BATCH_NORM_DECAY = 0.997  # the model zoo's
 SCRATCH_BATCH_NORM_DECAY = 0.9

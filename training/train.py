@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import detserve.training.tfod_compat  # noqa: F401  (before object_detection)
+import detserve.training.tfod_compat  # noqa: F401, I001  (before object_detection)
+from detserve.training.checkpoints import checkpoint_step, latest_checkpoint
 
 LOSS_KEY = "Loss/total_loss"
 PIPELINE_CONFIG = "pipeline.config"
@@ -52,24 +53,6 @@ class TrainResult:
         """Median throughput after the first iteration (which includes tracing)."""
         rates = sorted(r.steps_per_sec for r in self.history[1:]) or [r.steps_per_sec for r in self.history]
         return rates[len(rates) // 2] * self.batch_size if rates else float("nan")
-
-
-def checkpoint_step(checkpoint_prefix: str | None) -> int:
-    """The global step stored in a train_loop checkpoint (0 for none).
-
-    Not the number in ``ckpt-<n>``: TFOD2's CheckpointManager numbers saves, not steps.
-    """
-    if not checkpoint_prefix:
-        return 0
-    import tensorflow as tf
-
-    return int(tf.train.load_variable(checkpoint_prefix, "step/.ATTRIBUTES/VARIABLE_VALUE"))
-
-
-def latest_checkpoint(model_dir: Path | str) -> str | None:
-    import tensorflow as tf
-
-    return tf.train.latest_checkpoint(str(model_dir))
 
 
 class _Instrumentation:

@@ -161,7 +161,8 @@ def _checkpoint_setup(model_dir: Path | None, checkpoint: Path | None, pipeline_
 
     # TFOD2 must be made importable before TensorFlow is first imported in this process.
     import detserve.training.tfod_compat  # noqa: F401
-    from detserve.training.evaluation.predictors import checkpoint_predictor, resolve_checkpoint
+    from detserve.training.checkpoints import resolve_checkpoint
+    from detserve.training.evaluation.predictors import checkpoint_predictor
 
     checkpoint_source = checkpoint or model_dir
     try:

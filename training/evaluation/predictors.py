@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from detserve.training.checkpoints import latest_checkpoint, resolve_checkpoint  # noqa: F401  (public here too)
+
 Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]
 OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 # TFOD2's postprocess numbers classes from 0 (background removed); label maps start at 1.
@@ -36,36 +38,6 @@ def _check_image(images: np.ndarray) -> np.ndarray:
     if images.dtype != np.uint8:
         raise ValueError(f"a predictor takes uint8 pixels, got {images.dtype}")
     return images
-
-
-def latest_checkpoint(directory: Path | str) -> str | None:
-    """The newest checkpoint prefix in ``directory``: the ``checkpoint`` state file's, else the
-    highest-numbered ``ckpt-N.index`` (a copied directory may have lost the state file)."""
-    import tensorflow as tf
-
-    directory = Path(directory)
-    prefix = tf.train.latest_checkpoint(str(directory))
-    if prefix is not None and Path(prefix + ".index").exists():
-        return prefix
-    numbered = []
-    for index_file in directory.glob("ckpt-*.index"):
-        match = re.fullmatch(r"ckpt-(\d+)\.index", index_file.name)
-        if match:
-            numbered.append((int(match[1]), str(index_file.with_suffix(""))))
-    return max(numbered)[1] if numbered else None
-
-
-def resolve_checkpoint(path: Path | str) -> str:
-    """A checkpoint prefix (``.../ckpt-7``) or a directory holding checkpoints -> the prefix to restore."""
-    path = Path(path)
-    if path.is_dir():
-        prefix = latest_checkpoint(path)
-        if prefix is None:
-            raise FileNotFoundError(f"no checkpoint (ckpt-N.index) in {path}")
-        return prefix
-    if not Path(str(path) + ".index").exists():
-        raise FileNotFoundError(f"checkpoint {path} not found (no {path}.index)")
-    return str(path)
 
 
 def restore_detection_model(pipeline_config_path: Path | str, checkpoint_path: Path | str):
