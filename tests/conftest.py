@@ -55,7 +55,7 @@ def synthetic_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model(synthetic_data, tmp_path_factory) -> TrainedModel:
-    """30 steps, batch 4, alpha 0.35, from scratch (needs nothing from ../shared)."""
+    """30 seeded steps, batch 4, alpha 0.35, from scratch (needs nothing from ../shared)."""
     from detserve.training.run import TrainingRequest, prepare_run
     from detserve.training.train import train
 
@@ -64,5 +64,5 @@ def trained_model(synthetic_data, tmp_path_factory) -> TrainedModel:
     request = TrainingRequest(data_dir=synthetic_data, model_dir=model_dir, steps=steps, batch_size=4,
                               learning_rate=0.08, warmup_steps=3, depth_multiplier=0.35, augmentations=[])
     list(prepare_run(request))
-    train(model_dir, steps, checkpoint_every=25, preferred_steps_per_loop=1, progress=False)
+    train(model_dir, steps, checkpoint_every=25, preferred_steps_per_loop=1, progress=False, seed=0)
     return TrainedModel(data_dir=synthetic_data, model_dir=model_dir, steps=steps)

@@ -251,7 +251,8 @@ def test_retries_stay_inside_the_deadline():
     started = time.monotonic()
     with pytest.raises(ServerUnavailable):
         call_with_retry(function, policy=policy, timeout=0.3, what="t")
-    assert time.monotonic() - started < 0.4
+    # Without the deadline 100 attempts would take ~5 s; the slack over 0.3 s is for a loaded CI machine.
+    assert time.monotonic() - started < 1.0
     assert all(remaining <= 0.3 for remaining in calls) and calls == sorted(calls, reverse=True)
 
 

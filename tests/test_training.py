@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from scipy import stats
 
 from detserve.client.cli import main as detserve
 from detserve.training.checkpoints import checkpoint_step, latest_checkpoint
@@ -27,10 +28,13 @@ def test_short_training_run_lowers_the_loss_and_checkpoints_the_last_step(traine
     losses = np.array([record["total_loss"] for record in history])
     assert len(losses) == trained_model.steps  # one record per step (steps_per_loop 1 in the fixture)
     assert np.all(np.isfinite(losses))
-    # Per-step losses are noisy (batch 4): compare the ends and the trend, not neighbours.
-    # Measured on this fixture: ~1.84 over the first five steps, ~1.61 over the last five.
-    assert losses[-5:].mean() < 0.93 * losses[:5].mean(), losses
-    assert np.polyfit(np.arange(len(losses)), losses, 1)[0] < 0, losses
+    # Per-step losses are noisy (batch 4): neighbours and even 5-step means can rise. Test the trend instead: a
+    # least-squares line through all steps must fall, significantly and by a visible amount. Measured: the seeded
+    # fixture t = -8.8, fitted fall 21%; ten unseeded runs t -4.2 to -11.4, fall about 8% to 19%.
+    trend = stats.linregress(np.arange(len(losses)), losses)
+    assert trend.slope < 0 and trend.pvalue < 0.01, (trend, losses)
+    fitted_fall = -trend.slope * (len(losses) - 1) / trend.intercept
+    assert fitted_fall > 0.03, (fitted_fall, losses)
     # 30 steps with checkpoints every 25: train_loop alone would stop saving at 25.
     assert checkpoint_step(latest_checkpoint(model_dir)) == trained_model.steps
     assert list((model_dir / "train").glob("events.out.tfevents.*")), "no TensorBoard logs"

@@ -36,10 +36,13 @@ def _augmentations(value: str) -> list[str]:
 @click.option("--batch-norm-decay", type=float, default=None,
               help="Batch-norm moving-average decay [default: 0.997 from pretrained weights, 0.9 from scratch].")
 @click.option("--checkpoint-every", default=500, show_default=True)
+@click.option("--seed", type=int, default=None,
+              help="Seed weight initialisation, shuffling and augmentation for a repeatable run [default: unseeded].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning_rate: float, warmup_steps: int | None,
           depth_multiplier: float, image_size: int, augment: str, backbone_weights: str | None,
-          fine_tune_checkpoint: str | None, batch_norm_decay: float | None, checkpoint_every: int, progress: bool) -> None:
+          fine_tune_checkpoint: str | None, batch_norm_decay: float | None, checkpoint_every: int, seed: int | None,
+          progress: bool) -> None:
     """Train SSD MobileNetV2 FPN-Lite with TFOD2 on the TFRecords in --data."""
     from detserve.training.run import TrainingRequest, prepare_run, report_training
     from detserve.training.train import train as run_training
@@ -55,7 +58,8 @@ def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning
     try:
         for line in prepare_run(request):
             click.echo(line)
-        result = run_training(model_dir, steps, checkpoint_every=checkpoint_every, progress=progress)
+        result = run_training(model_dir, steps, checkpoint_every=checkpoint_every, progress=progress,
+                                   seed=seed)
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(report_training(result))

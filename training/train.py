@@ -119,11 +119,14 @@ def train(
     preferred_steps_per_loop: int = 10,
     checkpoint_max_to_keep: int = 5,
     progress: bool = True,
+    seed: int | None = None,
 ) -> TrainResult:
     """Train the model described by ``<model_dir>/pipeline.config`` up to ``num_steps`` total steps.
 
     Resumes from the latest checkpoint in ``model_dir``; saves the final step; appends the history
-    to ``<model_dir>/train_history.jsonl`` (TensorBoard logs go to ``<model_dir>/train``).
+    to ``<model_dir>/train_history.jsonl`` (TensorBoard logs go to ``<model_dir>/train``). ``seed`` seeds Python,
+    NumPy and TensorFlow (weight initialisation, shuffling, augmentation); multi-threaded CPU kernels still make
+    runs differ slightly.
     """
     import tensorflow as tf
     from object_detection import model_lib_v2
@@ -146,6 +149,9 @@ def train(
         bar.update(record.step - bar.n)
         bar.set_postfix(loss=f"{record.total_loss:.3f}", img_s=f"{record.steps_per_sec * batch_size:.1f}")
 
+    if seed is not None:
+        # TFOD2 creates its random ops without seeds; a global seed makes their op-level seeds repeatable.
+        tf.keras.utils.set_random_seed(seed)
     instrumentation = _Instrumentation(on_iteration)
     started = time.time()
     with instrumentation.installed(), bar:
