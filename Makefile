@@ -27,6 +27,7 @@ TRAIN_FLAGS ?=
 # The TF Serving model repository `make export` writes versions into: $(REPOSITORY)/$(MODEL_NAME)/<version>/.
 REPOSITORY ?= models
 MODEL_NAME ?= detector
+BATCHING_CONFIGS ?= serving/batching.config
 # Extra `detserve serve` flags for `make serve`, e.g. SERVE_FLAGS="--no-enable-batching --port 9500".
 SERVE_FLAGS ?=
 
@@ -37,7 +38,7 @@ DEMO_DEPTH_MULTIPLIER ?= 0.35
 
 PYTEST_FLAGS ?=
 
-.PHONY: serve-check help setup lock test lint demo synth data train evaluate export serve bench-serving clean
+.PHONY: serve-check help setup lock test lint demo synth data train evaluate export serve bench-serving bench-batching clean
 
 help:
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -97,6 +98,9 @@ serve: setup ## Serve $(REPOSITORY) with serving/*.config on the embedded server
 
 bench-serving: setup ## Embedded server vs in-process SavedModel: images/s, p50/p99 (an export in $(REPOSITORY))
 	$(BIN)/python benchmarks/serving_benchmark.py --repository $(REPOSITORY) --model $(MODEL_NAME)
+
+bench-batching: setup ## A/B BatchingParameters files on the embedded server (BATCHING_CONFIGS="a.config b.config")
+	$(BIN)/python benchmarks/batching_configs.py --repository $(REPOSITORY) --model $(MODEL_NAME) $(BATCHING_CONFIGS)
 
 serve-check: setup ## Start the embedded server on $(REPOSITORY), detect on a synthetic image over gRPC and REST, stop it
 	@set -e; $(DETSERVE) serve --repository $(REPOSITORY) & pid=$$!; \

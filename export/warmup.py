@@ -4,11 +4,13 @@ TF Serving reads the file (a TFRecord of serialized ``tensorflow.serving.Predict
 version and before serving it, running each ``predict_log.request`` through the same session real requests
 use, i.e. through the batching session when ``--enable_batching`` is on. So:
 
-- one record per signature and batch size, so every padded batch shape a server can form has run once;
-- batch sizes no server of this repository would reject: with batching on, a request larger than the
+- one record per signature and batch size, so every padded batch shape a server can form has run once:
+  the union of the batching configs' ``allowed_batch_sizes`` (each server pads a record of another config's
+  size up to one of its own, which is harmless);
+- but no size any server of this repository would reject: with batching on, a request larger than the
   config's ``max_batch_size`` fails ("Task size N is larger than maximum input batch size"), a failed
   warmup request fails the load, and one exported version is served by both the CPU and the GPU config.
-  The sizes are the ``allowed_batch_sizes`` common to every batching config (1..32 for serving/);
+  So the union stops at the smallest ``max_batch_size`` (1-8, 12, 16, 24, 32 for serving/);
 - at most 1000 records (TF Serving's ``kMaxNumRecords``; more fails the load);
 - small images (the graph resizes to the model's input size, so the compute path is the same).
 """
@@ -53,11 +55,13 @@ def _parse_allowed_batch_sizes(text: str, source: str) -> tuple[list[int], int |
 
 
 def warmup_batch_sizes(batching_configs: Sequence[Path | str]) -> BatchSizes:
-    """Batch sizes every given batching config accepts (see the module docstring).
+    """Batch sizes any given batching config pads to, up to the smallest ``max_batch_size`` (see the module
+    docstring). A config without ``allowed_batch_sizes`` contributes powers of two up to its maximum.
 
-    A missing file is skipped with a note; with no file at all, 1..32 (the CPU config's sizes).
+    A missing file is skipped with a note; with no file at all, 1..32 in powers of two.
     """
-    common: set[int] | None = None
+    union: set[int] = set()
+    limit: int | None = None
     sources, notes = [], []
     for path in map(Path, batching_configs):
         if not path.is_file():
@@ -68,16 +72,17 @@ def warmup_batch_sizes(batching_configs: Sequence[Path | str]) -> BatchSizes:
             allowed = [b for b in FALLBACK_BATCH_SIZES if max_batch is None or b <= max_batch]
             notes.append(f"{path} has no allowed_batch_sizes; using {allowed}")
         if max_batch is not None:
-            allowed = [b for b in allowed if b <= max_batch]
+            limit = max_batch if limit is None else min(limit, max_batch)
         sources.append(str(path))
-        common = set(allowed) if common is None else common & set(allowed)
-    if common is None:
+        union.update(allowed)
+    if not sources:
         notes.append(f"no batching config found; warmup batch sizes default to {list(FALLBACK_BATCH_SIZES)}")
-        common = set(FALLBACK_BATCH_SIZES)
-    if not common:
-        common = {1}
-        notes.append("the batching configs share no allowed batch size; warming up batch 1 only")
-    return BatchSizes(sizes=sorted(common), sources=sources, notes=notes)
+        union = set(FALLBACK_BATCH_SIZES)
+    sizes = sorted(b for b in union if limit is None or b <= limit)
+    if not sizes:
+        sizes = [1]
+        notes.append("no allowed batch size fits every config's max_batch_size; warming up batch 1 only")
+    return BatchSizes(sizes=sizes, sources=sources, notes=notes)
 
 
 def warmup_image(size: int = WARMUP_IMAGE_SIZE) -> np.ndarray:

@@ -134,11 +134,18 @@ def test_an_unparsable_serving_config_stops_pruning(tmp_path):
         repo.serving_references([tmp_path / "bad.config"], "detector")
 
 
-def test_warmup_batch_sizes_are_those_every_batching_config_allows(tmp_path):
+def test_warmup_batch_sizes_cover_every_config_up_to_the_smallest_maximum(tmp_path):
     sizes = warmup_batch_sizes(default_batching_configs())
-    # CPU allows 1..32, GPU 1..64: batch 64 would be rejected by a CPU server and fail the version's load.
-    assert sizes.sizes == [1, 2, 4, 8, 16, 32]
+    # CPU pads to 1-8, 12, 16, 24, 32; GPU to powers of two up to 64. Batch 64 would be rejected by a CPU server
+    # and fail the version's load; a GPU server pads a warmup batch of 3 to 4, which is harmless.
+    assert sizes.sizes == [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32]
     assert len(sizes.sources) == 2 and not sizes.notes
+
+    gpu = tmp_path / "gpu.config"
+    gpu.write_text("max_batch_size { value: 16 }\nallowed_batch_sizes: [1, 4, 16]\n")
+    cpu = tmp_path / "cpu.config"
+    cpu.write_text("max_batch_size { value: 12 }\nallowed_batch_sizes: [1, 2, 3, 12]\n")
+    assert warmup_batch_sizes([gpu, cpu]).sizes == [1, 2, 3, 4, 12]
 
     small = tmp_path / "small.config"
     small.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 1 }\nallowed_batch_sizes: [2, 4, 8, 16]\n")

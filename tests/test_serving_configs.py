@@ -19,6 +19,8 @@ import pytest
 import yaml
 from google.protobuf import text_format
 
+from detserve.export.warmup import warmup_batch_sizes
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVING = ROOT / "serving"
 DOCKERFILES = {
@@ -114,14 +116,15 @@ def test_message_types_follow_file_names():
 @pytest.mark.parametrize(
     ("name", "max_batch", "sizes"),
     [
-        ("batching.config", 32, [1, 2, 4, 8, 16, 32]),
+        # CPU: every size to 8 (padding only costs on a CPU), coarser above; GPU: powers of two (few shapes).
+        ("batching.config", 32, [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32]),
         ("batching-gpu.config", 64, [1, 2, 4, 8, 16, 32, 64]),
     ],
 )
-def test_batching_sizes_are_exactly_the_warmup_sizes(name, max_batch, sizes):
+def test_batching_configs_are_complete_and_warmed_up(name, max_batch, sizes):
     params = _parse(SERVING / name)
     allowed = list(params.allowed_batch_sizes)
-    # The exporter writes warmup records for exactly these sizes; TF Serving requires the order and the last entry.
+    # TF Serving requires increasing sizes ending at max_batch_size.
     assert allowed == sizes
     assert allowed == sorted(set(allowed))
     assert allowed[-1] == params.max_batch_size.value == max_batch
@@ -130,6 +133,11 @@ def test_batching_sizes_are_exactly_the_warmup_sizes(name, max_batch, sizes):
         assert params.HasField(field), f"{name}: {field} should be set explicitly"
     # Images of different sizes must not be zero-padded into one batch (it would shift the boxes).
     assert params.pad_variable_length_inputs is False
+    # The exporter warms every shape this server can run up to the smallest max_batch_size of all configs (32),
+    # and nothing this server would reject.
+    warmed = warmup_batch_sizes(sorted(SERVING.glob("batching*.config"))).sizes
+    assert {size for size in allowed if size <= 32} <= set(warmed)
+    assert max(warmed) <= max_batch
 
 
 def test_check_batching_reports_broken_sizes():

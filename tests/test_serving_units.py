@@ -76,7 +76,8 @@ def test_batching_configs_become_scheduler_options(name):
     assert options.max_enqueued_batches == params.max_enqueued_batches.value
     assert options.allowed_batch_sizes == tuple(params.allowed_batch_sizes)
     assert options.pad_variable_length_inputs is False
-    assert options.padded_size(3) == 4 and options.padded_size(options.max_batch_size) == options.max_batch_size
+    assert options.padded_size(9) == {"batching.config": 12, "batching-gpu.config": 16}[name]
+    assert options.padded_size(options.max_batch_size) == options.max_batch_size
 
 
 def test_unset_batching_fields_take_tf_serving_defaults(tmp_path):
