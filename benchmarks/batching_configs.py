@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 
 import requests
-from serving_benchmark import DEFAULT_IMAGES, grpc_cell, jpeg, load_images, rest_cell
+from prometheus_client.parser import text_string_to_metric_families
+from serving_benchmark import DEFAULT_IMAGES, grpc_cell, jpeg, load_images, rest_cell, server_flags
 
 from detserve.serving.testing import ServerProcess
 
@@ -27,19 +28,19 @@ BATCH_SIZE_METRIC = ":tensorflow:serving:batching_session:processed_batch_size"
 
 def processed_batches(rest_url: str) -> tuple[float, float]:
     """(sum, count) of the processed_batch_size histogram over all its label sets."""
-    total = count = 0.0
-    for line in requests.get(f"{rest_url}/monitoring/prometheus/metrics", timeout=10).text.splitlines():
-        if line.startswith(BATCH_SIZE_METRIC + "_sum"):
-            total += float(line.split()[-1])
-        elif line.startswith(BATCH_SIZE_METRIC + "_count"):
-            count += float(line.split()[-1])
-    return total, count
+    text = requests.get(f"{rest_url}/monitoring/prometheus/metrics", timeout=10).text
+    totals = {"_sum": 0.0, "_count": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for suffix in totals:
+                if sample.name == BATCH_SIZE_METRIC + suffix:
+                    totals[suffix] += sample.value
+    return totals["_sum"], totals["_count"]
 
 
 def measure(config: Path, args, images, jpegs, log_dir: Path) -> dict[str, tuple[float, float]]:
     """{transport: (images/s, mean processed batch)} for one server started on ``config``."""
-    flags = ["--repository", str(args.repository), "--model-name", args.model, "--file-system-poll-wait-seconds",
-             "0", "--log-level", "warning", "--batching-parameters-file", str(config)]
+    flags = server_flags(args.repository, args.model) + ["--batching-parameters-file", str(config)]
     server = ServerProcess(flags, log_path=log_dir / f"{config.stem}.log").start()
     results = {}
     try:

@@ -250,12 +250,18 @@ def batching_file(args, directory: Path, tuned: bool) -> Path:
     return path
 
 
+def server_flags(repository: Path, model: str) -> list[str]:
+    """`detserve serve` flags for a benchmark server: no repository polling, quiet logs."""
+    flags = ["--repository", str(repository), "--file-system-poll-wait-seconds", "0", "--log-level", "warning"]
+    if model != "detector":  # serving/models.config names `detector`
+        flags += ["--model-name", model]
+    return flags
+
+
 def start_server(args, batching: str, directory: Path):
     from detserve.serving.testing import ServerProcess
 
-    flags = ["--repository", str(args.repository), "--file-system-poll-wait-seconds", "0", "--log-level", "warning"]
-    if args.model != "detector":  # serving/models.config names `detector`
-        flags += ["--model-name", args.model]
+    flags = server_flags(args.repository, args.model)
     if batching == "off":
         flags += ["--no-enable-batching"]
     else:

@@ -58,8 +58,7 @@ def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning
     try:
         for line in prepare_run(request):
             click.echo(line)
-        result = run_training(model_dir, steps, checkpoint_every=checkpoint_every, progress=progress,
-                                   seed=seed)
+        result = run_training(model_dir, steps, checkpoint_every=checkpoint_every, progress=progress, seed=seed)
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(report_training(result))
