@@ -4,6 +4,9 @@
 
 SHELL := /bin/bash
 PYTHON ?= python3
+# requirements/*.txt are locked for CPython $(LOCK_PYTHON) on linux x86_64 (pyproject.toml's requires-python says
+# the same): `make setup` refuses another Python; `make setup PYTHON=python3.11` picks one.
+LOCK_PYTHON := 3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 DETSERVE := $(BIN)/detserve
@@ -21,7 +24,8 @@ MODEL_DIR ?= $(RUN)/model
 STEPS ?= 2000
 BATCH_SIZE ?= 8
 DEPTH_MULTIPLIER ?= 0.5
-# A Keras MobileNetV2 ImageNet .h5 (alpha = DEPTH_MULTIPLIER) or `imagenet` to download it; empty = from scratch.
+# A Keras MobileNetV2 ImageNet .h5 (alpha = DEPTH_MULTIPLIER) or `imagenet` to download it (sha256-checked,
+# docs/training.md); empty = from scratch.
 BACKBONE_WEIGHTS ?=
 TRAIN_FLAGS ?=
 # The TF Serving model repository `make export` writes versions into: $(REPOSITORY)/$(MODEL_NAME)/<version>/.
@@ -43,24 +47,40 @@ PYTEST_FLAGS ?=
 help:
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
+# $(call check_python,INTERPRETER,ADVICE): one line naming what was found unless it is CPython $(LOCK_PYTHON).
+# Plain %-formatting so that even an old Python prints the message rather than a SyntaxError.
+check_python = @$(1) -c 'import platform, sys; found = "%s %s" % (platform.python_implementation(), platform.python_version()); \
+	sys.exit(0 if found.startswith("CPython $(LOCK_PYTHON).") else "make setup: requirements/*.txt are locked for CPython $(LOCK_PYTHON), but $(1) is %s; $(2)" % found)'
+
 $(BIN)/activate:
+	$(call check_python,$(PYTHON),pick another with: make setup PYTHON=python$(LOCK_PYTHON))
 	$(PYTHON) -m venv $(VENV)
 
-# The stamp is rebuilt when any pinned file changes.
-$(VENV)/.installed: $(BIN)/activate requirements/runtime.in requirements/dev.in requirements/constraints.txt requirements/no-deps.txt pyproject.toml client/pyproject.toml
-	$(BIN)/pip install --quiet --upgrade -c requirements/constraints.txt pip setuptools wheel
-	$(BIN)/pip install --quiet -c requirements/constraints.txt -r requirements/runtime.in -r requirements/dev.in
-	# These declare a dependency on the full `tensorflow` package: installed without dependencies
-	# next to tensorflow-cpu, pinned by hash.
-	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements/no-deps.txt
+# The stamp is rebuilt when any lock changes. Every package is pinned by version and sha256 (requirements/*.txt,
+# written by `make lock`), wheels only; TFOD2's sdist and the editable installs are built with the pinned
+# setuptools (--no-build-isolation), so no build dependency is fetched unchecked either.
+$(VENV)/.installed: $(BIN)/activate requirements/runtime.txt requirements/dev.txt requirements/no-deps.txt pyproject.toml client/pyproject.toml
+	$(call check_python,$(BIN)/python,remove $(VENV) and run: make setup PYTHON=python$(LOCK_PYTHON))
+	$(BIN)/pip install --quiet --require-hashes --only-binary :all: -r requirements/runtime.txt -r requirements/dev.txt
+	# These declare a dependency on the full `tensorflow` package (lvis on opencv-python): installed without
+	# dependencies next to tensorflow-cpu, pinned by hash.
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation --require-hashes -r requirements/no-deps.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e client -e .
 	$(BIN)/python -m detserve.training.check_install
 	touch $@
 
-setup: $(VENV)/.installed ## Create .venv with the pinned stack (one TensorFlow: tensorflow-cpu)
+setup: $(VENV)/.installed ## Create .venv with the locked stack (one TensorFlow: tensorflow-cpu); CPython 3.11 only
 
-lock: $(VENV)/.installed ## Re-pin requirements/constraints.txt from the current .venv
-	$(BIN)/python -m detserve.training.check_install --write-constraints requirements/constraints.txt
+# uv resolves against its default index (PyPI; --no-config: no uv.toml redirects it) and writes the sha256 of every
+# file of each pinned version, sdist and all platforms' wheels. Existing pins (and their hashes) are kept:
+# LOCK_FLAGS="--upgrade-package NAME" (or --upgrade) re-resolves them.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --no-config --generate-hashes --python-version $(LOCK_PYTHON) \
+	--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock'
+
+lock: $(VENV)/.installed ## Re-resolve requirements/*.in into the hashed locks requirements/*.txt (uv pip compile)
+	$(UV_COMPILE) $(LOCK_FLAGS) -o requirements/runtime.txt requirements/runtime.in
+	$(UV_COMPILE) $(LOCK_FLAGS) -c requirements/runtime.txt -o requirements/dev.txt requirements/dev.in
+	$(UV_COMPILE) $(LOCK_FLAGS) --no-deps -o requirements/no-deps.txt requirements/no-deps.in
 
 test: setup ## Run the test suite
 	$(BIN)/python -m pytest $(PYTEST_FLAGS)

@@ -16,15 +16,16 @@ WORKDIR /opt/detserve
 
 # Dependencies first, so that a code change does not reinstall them.
 COPY requirements/ requirements/
-# runtime.in names tensorflow-cpu; this base already has the `tensorflow` distribution (same 2.21.0, with CUDA).
-# Installing both would put two TensorFlows into one site-packages, so the tensorflow-cpu line is dropped here and
-# the base's tensorflow satisfies everyone else's requirement on it. The constraints still pin every other version.
-# The --no-deps group (tf-keras, TFOD2, tf-models-official, tensorflow-serving-api) is installed by hash, without
-# the dependencies it declares, exactly as on CPU.
-RUN sed -E '/^tensorflow-cpu([^A-Za-z0-9_.-]|$)/d' requirements/runtime.in > /tmp/runtime-gpu.in \
-    && pip install -c requirements/constraints.txt -r /tmp/runtime-gpu.in \
-    && pip install --no-deps --require-hashes -r requirements/no-deps.txt \
-    && rm /tmp/runtime-gpu.in
+# runtime.txt (the hashed lock of runtime.in) pins tensorflow-cpu; this base already has the `tensorflow`
+# distribution (same 2.21.0, with CUDA). Installing both would put two TensorFlows into one site-packages, so the
+# tensorflow-cpu entry (its line and the indented hash lines under it) is dropped here and the base's tensorflow
+# satisfies everyone else's requirement on it. Every other package is still pinned by version and sha256.
+# The --no-deps group (tf-keras, TFOD2, tf-models-official, tensorflow-serving-api, lvis) is installed by hash,
+# without the dependencies it declares, exactly as on CPU.
+RUN sed -E '/^tensorflow-cpu==/,/^[^ ]/{/^(tensorflow-cpu==| )/d}' requirements/runtime.txt > /tmp/runtime-gpu.txt \
+    && pip install --require-hashes --only-binary :all: -r /tmp/runtime-gpu.txt \
+    && pip install --no-deps --no-build-isolation --require-hashes -r requirements/no-deps.txt \
+    && rm /tmp/runtime-gpu.txt
 
 # The kit itself: the client distribution (owns the `detserve` command) and the full kit (training, export).
 COPY pyproject.toml README.md ./

@@ -32,6 +32,7 @@ import detserve.training.tfod_compat  # noqa: F401, I001
 
 # isort: split
 from detserve.export import repository as repo
+from detserve.export.parity import MARGIN, MIN_TOLERANCE, Tolerance, measure_tolerance
 from detserve.export.signatures import (
     DETECTION_SIGNATURES,
     INFO_INPUT,
@@ -61,6 +62,7 @@ class BuiltModel:
     input_size: tuple[int, int] | None
     samples: list[np.ndarray]
     reference: list[dict[str, np.ndarray]]
+    tolerance: Tolerance = field(default_factory=Tolerance)
     batch_mapped: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -176,6 +178,17 @@ def _pipeline_num_classes(pipeline_config: Path | str) -> int | None:
     return int(getattr(model, model.WhichOneof("model")).num_classes)
 
 
+def pipeline_nms(pipeline_config: Path | str) -> tuple[float | None, bool]:
+    """(IoU threshold, class-agnostic) of the model's non-max suppression, from pipeline.config."""
+    from detserve.training.pipeline_config import load_pipeline_config
+
+    model = load_pipeline_config(pipeline_config).model
+    meta = getattr(model, model.WhichOneof("model"))
+    post = meta.post_processing if hasattr(meta, "post_processing") else meta.second_stage_post_processing
+    nms = post.batch_non_max_suppression
+    return float(nms.iou_threshold), bool(nms.use_class_agnostic_nms)
+
+
 def _pipeline_paths(pipeline_config: Path | str) -> tuple[str | None, str | None]:
     """(label_map_path, eval TFRecord pattern) named in pipeline.config, if any."""
     from detserve.training.pipeline_config import load_pipeline_config
@@ -225,6 +238,16 @@ def synthetic_samples(count: int = NUM_SAMPLES, seed: int = 0) -> list[np.ndarra
             image[y:y + h, x:x + w] = rng.integers(150, 256, 3, dtype=np.uint8)
         images.append(image)
     return images
+
+
+def with_resized_copies(images: list[np.ndarray], size: tuple[int, int] | None) -> list[np.ndarray]:
+    """``images`` and copies resized to the model's input size (320x320 if unknown): what clients send, and
+    equal-size images for the batch-parity check (see detserve.export.parity.parity_rows)."""
+    from PIL import Image
+
+    height, width = size or (320, 320)
+    return list(images) + [np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+                           for image in images]
 
 
 def sample_images(eval_pattern: str | None, count: int = NUM_SAMPLES) -> tuple[list[np.ndarray], str]:
@@ -299,13 +322,16 @@ def checkpoint_builder(pipeline_config: Path, checkpoint: Path | str, label_map_
             raise ExportError(str(checkpoint_mismatch(prefix, pipeline_config, error))) from error
 
         samples, described = sample_images(eval_pattern)
-        echo(f"reference detections of the checkpoint model on {described}")
+        samples = with_resized_copies(samples, input_size)
+        echo(f"reference detections of the checkpoint model on {described} and their resized copies")
         reference = [_numpy(module.serving_default(tf.constant(image[np.newaxis]))) for image in samples]
+        tolerance = measure_tolerance(lambda batch: _numpy(module.serving_default(tf.constant(batch))), samples,
+                                      reference, *pipeline_nms(pipeline_config))
         echo("saving the SavedModel")
         tf.saved_model.save(module, str(staged), signatures=signatures)
         return BuiltModel(source=f"checkpoint {checkpoint_name} + {pipeline_config}",
                           label_map=label_map, label_map_text=label_map_text, input_size=input_size,
-                          samples=samples, reference=reference)
+                          samples=samples, reference=reference, tolerance=tolerance)
 
     return build
 
@@ -389,16 +415,19 @@ def saved_model_builder(source_dir: Path, label_map_path: Path | None, pipeline_
         module, signatures = build_module(detect_images, detect_encoded, label_map, input_size, {"source": loaded})
 
         samples, described = sample_images(eval_pattern)
-        echo(f"reference detections of {saved_model} (signature {signature!r}) on {described}")
+        samples = with_resized_copies(samples, input_size)
+        echo(f"reference detections of {saved_model} (signature {signature!r}) on {described} and their resized copies")
         reference = []
         for image in samples:
             value = tf.io.encode_png(image)[tf.newaxis] if source.kind == "encoded" else tf.constant(image[np.newaxis])
             reference.append(_numpy(source(value)))
+        tolerance = measure_tolerance(lambda batch: _numpy(module.serving_default(tf.constant(batch))), samples,
+                                      reference, *(pipeline_nms(config) if config is not None else (None, False)))
         echo("saving the SavedModel")
         tf.saved_model.save(module, str(staged), signatures=signatures)
         return BuiltModel(source=f"SavedModel {saved_model} (signature {signature!r})", label_map=label_map,
                           label_map_text=label_map_text, input_size=input_size, samples=samples,
-                          reference=reference, batch_mapped=source.batch_mapped, notes=notes)
+                          reference=reference, tolerance=tolerance, batch_mapped=source.batch_mapped, notes=notes)
 
     return build
 
@@ -416,7 +445,7 @@ def verify_in_subprocess(version_path: Path, built: BuiltModel, measure_latency:
         write_request(scratch / "request.npz", built.samples, built.reference)
         params = {"label_map": {str(k): v for k, v in built.label_map.items()},
                   "input_size": list(built.input_size) if built.input_size else None,
-                  "measure_latency": measure_latency}
+                  "measure_latency": measure_latency, "tolerance": built.tolerance.to_json()}
         (scratch / "params.json").write_text(json.dumps(params))
         env = dict(os.environ)
         env.pop("TF_USE_LEGACY_KERAS", None)  # set by tfod_compat for TFOD2; a server has no such thing
@@ -598,7 +627,12 @@ def format_summary(result: ExportResult) -> str:
     compared = sum(c.get("compared", 0) for c in checks)
     lines.append(f"  verified    OK: {len(checks)} checks in a fresh process with plain TensorFlow, {compared} "
                  f"detections matched (max |score diff| {verification.get('max_score_diff', 0):.1e}, "
-                 f"max |box diff| {verification.get('max_box_diff', 0):.1e})")
+                 f"max |box diff| {verification.get('max_box_diff', 0):.1e}, NMS flips {verification.get('nms_flips', 0)})")
+    tolerance = verification.get("tolerance")
+    if tolerance and tolerance.get("score_spread") is not None:
+        lines.append(f"  tolerance   score {tolerance['score']:.1e}, box {tolerance['box']:.1e}: {MARGIN:g}x the source's own "
+                     f"batch-vs-single spread on this machine (score {tolerance['score_spread']:.1e}, box "
+                     f"{tolerance['box_spread']:.1e}), at least {MIN_TOLERANCE:g}; NMS IoU threshold {tolerance['nms_iou_threshold']}")
     latency = verification.get("latency_ms", {})
     if latency:
         image = verification.get("image_size", ["?", "?"])

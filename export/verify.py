@@ -5,15 +5,15 @@ request file, then runs ``python -m detserve.export.verify REQUEST RESULT``. Thi
 SavedModel the way a server would (tf.saved_model.load, signatures only) and checks:
 
 - ``serving_default`` on each image alone matches the source's detections;
-- ``serving_default`` on a batch of 8 (the first image among others of its size) gives the first image's
-  detections again (batch-vs-single parity: server-side batching must not change answers);
+- ``serving_default`` on a batch of 8 rows of the equal-size samples (each image in several rows) gives every
+  row its own image's detections (batch-vs-single parity: server-side batching must not change answers);
 - ``serving_bytes`` on all images PNG-encoded in one batch (of mixed sizes) matches too;
 - ``detection_class_names`` agrees with the label map, ``model_info`` with the input size;
 - ``object_detection`` was not imported.
 
-Then it times both signatures at batch 1 and 8 and writes a JSON result. Detections are compared as sets
-(same class, score and box within tolerance) above a score floor, so near-ties that non-max suppression
-orders differently do not count as differences.
+Then it times both signatures at batch 1 and 8 and writes a JSON result. "Matches" is
+detserve.export.parity's rule: detection sets compared within a tolerance the exporter measured on the
+source model (its own batch-vs-single spread on this hardware), NMS flips of near-threshold overlaps excused.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from detserve.export.parity import (
+    Tolerance,
+    compare_detections,
+    parity_rows,
+)
 from detserve.export.signatures import (
     BYTES_SIGNATURE,
     CLASS_NAMES_OUTPUT,
@@ -41,92 +46,8 @@ from detserve.export.signatures import (
     SIGNATURES,
 )
 
-SCORE_TOLERANCE = 2e-3
-BOX_TOLERANCE = 2e-3
-SCORE_FLOOR = 0.05
-MIN_COMPARED = 10  # lower the floor so that at least this many detections per image are compared
-PARITY_BATCH = 8
 LATENCY_BATCHES = (1, 8)
 LATENCY_RUNS = 3
-
-
-def _valid(outputs: Mapping[str, np.ndarray], index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    count = int(round(float(np.asarray(outputs["num_detections"])[index])))
-    boxes = np.asarray(outputs["detection_boxes"])[index][:count]
-    scores = np.asarray(outputs["detection_scores"])[index][:count]
-    classes = np.rint(np.asarray(outputs["detection_classes"])[index][:count]).astype(np.int64)
-    return boxes, scores, classes
-
-
-def compare_detections(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
-                       ref_index: int = 0, cand_index: int = 0, score_tolerance: float = SCORE_TOLERANCE,
-                       box_tolerance: float = BOX_TOLERANCE, floor: float = SCORE_FLOOR) -> dict:
-    """Compare one image's detections (batch rows ``ref_index``/``cand_index``).
-
-    First slot by slot: same num_detections, classes, and scores/boxes within tolerance (this also checks
-    models whose scores are all tied). Failing that, as sets: every reference detection scoring at least
-    ``floor`` (lowered to the MIN_COMPARED-th best score if fewer pass) needs a candidate with the same
-    class, |score difference| <= score_tolerance and every box coordinate within box_tolerance, and vice
-    versa; the sorted scores must agree too. Detections within tolerance of the floor, or of the lowest
-    score of a full output (where top-k may cut either way), may be missing on the other side.
-    Returns {"ok", "compared", "max_score_diff", "max_box_diff", "problem"}.
-    """
-    ref = _valid(reference, ref_index)
-    cand = _valid(candidate, cand_index)
-    result = {"ok": True, "compared": 0, "max_score_diff": 0.0, "max_box_diff": 0.0, "problem": ""}
-    if len(ref[1]) == len(cand[1]) and np.array_equal(ref[2], cand[2]):
-        score_diff = float(np.abs(ref[1] - cand[1]).max(initial=0.0))
-        box_diff = float(np.abs(ref[0] - cand[0]).max(initial=0.0))
-        if score_diff <= score_tolerance and box_diff <= box_tolerance:
-            result.update(compared=len(ref[1]), max_score_diff=score_diff, max_box_diff=box_diff)
-            return result
-
-    ranked = np.sort(ref[1])[::-1]
-    if len(ranked) >= MIN_COMPARED:
-        floor = min(floor, float(ranked[MIN_COMPARED - 1]))
-    elif len(ranked):
-        floor = min(floor, float(ranked[-1]))
-    slots = np.asarray(reference["detection_scores"]).shape[-1]
-
-    def cut(scores) -> float:
-        """Scores at or below this may have been cut by top-k on that side."""
-        return float(scores.min()) + score_tolerance if len(scores) == slots else -np.inf
-
-    def match(source, target, label, lowest):
-        boxes, scores, classes = source
-        t_boxes, t_scores, t_classes = target
-        used = np.zeros(len(t_scores), bool)
-        for i in np.argsort(-scores):
-            if scores[i] < lowest:
-                break
-            if scores[i] <= cut(t_scores):
-                continue
-            close = ((t_classes == classes[i]) & ~used & (np.abs(t_scores - scores[i]) <= score_tolerance)
-                     & (np.abs(t_boxes - boxes[i]).max(axis=-1, initial=0.0) <= box_tolerance))
-            if not close.any():
-                result["ok"] = False
-                result["problem"] = (f"{label} detection class {classes[i]} score {scores[i]:.4f} "
-                                     f"box {np.round(boxes[i], 4).tolist()} has no counterpart within tolerance")
-                return
-            candidates = np.flatnonzero(close)
-            j = candidates[np.argmin(np.abs(t_scores[candidates] - scores[i]))]
-            used[j] = True
-            result["compared"] += 1
-            result["max_score_diff"] = max(result["max_score_diff"], float(abs(t_scores[j] - scores[i])))
-            result["max_box_diff"] = max(result["max_box_diff"], float(np.abs(t_boxes[j] - boxes[i]).max()))
-
-    match(ref, cand, "reference", floor)
-    if result["ok"]:
-        compared = result["compared"]
-        match(cand, ref, "exported", floor + score_tolerance)
-        result["compared"] = compared
-    if result["ok"]:
-        count = int((ref[1] >= floor + score_tolerance).sum())
-        top_ref, top_cand = ranked[:count], np.sort(cand[1])[::-1][:count]
-        if len(top_cand) < count or np.abs(top_ref - top_cand).max(initial=0.0) > score_tolerance:
-            result["ok"] = False
-            result["problem"] = f"the {count} best scores differ: {np.round(top_ref[:5], 4)} vs {np.round(top_cand[:5], 4)}"
-    return result
 
 
 def _encode_png(image: np.ndarray) -> bytes:
@@ -179,16 +100,33 @@ def _time(function, runs: int = LATENCY_RUNS) -> float:
     return float(np.median(times) * 1000.0)
 
 
-def verify(saved_model: Path | str, images: list[np.ndarray], reference: list[dict[str, np.ndarray]],
+def _compare_row(reference: list[dict[str, np.ndarray]], index: int, batched: Mapping[str, np.ndarray], row: int,
+                 tolerance: Tolerance) -> dict:
+    """Batch row ``row`` (holding sample ``index``) against that sample alone; a row that answers as another
+    sample alone does is reported as a reordered batch."""
+    comparison = compare_detections(reference[index], batched, cand_index=row, tolerance=tolerance)
+    if not comparison["ok"]:
+        for other, expected in enumerate(reference):
+            if other != index and compare_detections(expected, batched, cand_index=row, tolerance=tolerance)["ok"]:
+                comparison["problem"] = (f"row {row} answers as image {other} alone does: images swapped or "
+                                         f"reordered inside the batch ({comparison['problem']})")
+                break
+    return comparison
+
+
+def verify(saved_model, images: list[np.ndarray], reference: list[dict[str, np.ndarray]],
            label_map: Mapping[int, str], input_size: tuple[int, int] | None, measure_latency: bool = True,
-           plain_tensorflow: bool = True) -> dict:
+           plain_tensorflow: bool = True, tolerance: Tolerance | None = None) -> dict:
     """Run the checks in this process (``main`` calls it in a fresh one). Returns the JSON-able result.
 
-    ``plain_tensorflow``: also check that nothing imported ``object_detection`` (true in the fresh process).
+    ``saved_model``: a SavedModel directory, or anything with a ``signatures`` mapping (in-process tests).
+    ``tolerance``: what the exporter measured on the source (see detserve.export.parity); default
+    DEFAULT_TOLERANCE. ``plain_tensorflow``: also check that nothing imported ``object_detection``.
     """
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(saved_model))
+    loaded = tf.saved_model.load(str(saved_model)) if isinstance(saved_model, (str, Path)) else saved_model
+    tolerance = tolerance or Tolerance()
     checks: list[dict] = []
 
     def check(name: str, ok: bool, detail: str = "", **extra) -> None:
@@ -196,50 +134,49 @@ def verify(saved_model: Path | str, images: list[np.ndarray], reference: list[di
 
     missing = [s for s in SIGNATURES if s not in loaded.signatures]
     check("signatures present", not missing, f"missing {missing}" if missing else ", ".join(SIGNATURES))
-    result: dict = {"signatures": signature_summary(loaded), "checks": checks, "latency_ms": {}}
-    if missing:
+    result: dict = {"signatures": signature_summary(loaded), "checks": checks, "latency_ms": {},
+                    "tolerance": tolerance.to_json()}
+    too_loose = tolerance.problem()
+    check("tolerance", not too_loose, too_loose or f"score {tolerance.score:.1e}, box {tolerance.box:.1e}")
+    if missing or too_loose:
         result["ok"] = False
         return result
     default = loaded.signatures[DEFAULT_SIGNATURE]
     encoded_fn = loaded.signatures[BYTES_SIGNATURE]
-    max_score, max_box = 0.0, 0.0
+    max_score, max_box, flips = 0.0, 0.0, 0
 
     def record(name: str, comparison: dict) -> None:
-        nonlocal max_score, max_box
+        nonlocal max_score, max_box, flips
         max_score = max(max_score, comparison["max_score_diff"])
         max_box = max(max_box, comparison["max_box_diff"])
+        flips += comparison["nms_flips"]
         check(name, comparison["ok"], comparison["problem"], compared=comparison["compared"],
-              max_score_diff=comparison["max_score_diff"], max_box_diff=comparison["max_box_diff"])
+              max_score_diff=comparison["max_score_diff"], max_box_diff=comparison["max_box_diff"],
+              nms_flips=comparison["nms_flips"])
 
     outputs_keys_ok = True
     for index, (image, expected) in enumerate(zip(images, reference, strict=True)):
         outputs = _numpy(default(**{IMAGES_INPUT: tf.constant(image[np.newaxis])}))
         outputs_keys_ok &= set(outputs) == set(DETECTION_OUTPUTS)
         record(f"{DEFAULT_SIGNATURE} image {index} ({image.shape[0]}x{image.shape[1]}) vs source",
-               compare_detections(expected, outputs))
+               compare_detections(expected, outputs, tolerance=tolerance))
         problem = _check_class_names(outputs, label_map)
         if problem:
             check(f"class names image {index}", False, problem)
     check("detection outputs", outputs_keys_ok, ", ".join(DETECTION_OUTPUTS))
 
-    # Batch parity: the first image inside a batch of PARITY_BATCH images of its size.
-    first = images[0]
-    same_size = [im for im in images[1:] if im.shape == first.shape] or [first[::-1].copy()]
-    batch = np.stack([first] + [same_size[i % len(same_size)] for i in range(PARITY_BATCH - 1)])
-    batched = _numpy(default(**{IMAGES_INPUT: tf.constant(batch)}))
-    record(f"{DEFAULT_SIGNATURE} image 0 in a batch of {PARITY_BATCH} vs alone", compare_detections(reference[0], batched))
-    for row, image in enumerate(batch[1:], start=1):
-        for index, candidate in enumerate(images):
-            if candidate.shape == image.shape and np.array_equal(candidate, image):
-                record(f"{DEFAULT_SIGNATURE} image {index} at row {row} of the batch vs source",
-                       compare_detections(reference[index], batched, cand_index=row))
-                break
+    # Batch parity: the equal-size samples, each in a row of one batch, against themselves alone.
+    rows = parity_rows(images)
+    batched = _numpy(default(**{IMAGES_INPUT: tf.constant(np.stack([images[i] for i in rows]))}))
+    for row, index in enumerate(rows):
+        comparison = _compare_row(reference, index, batched, row, tolerance)
+        record(f"{DEFAULT_SIGNATURE} image {index} at row {row} of a batch of {len(rows)} vs source", comparison)
 
     encoded = [_encode_png(image) for image in images]
     decoded = _numpy(encoded_fn(**{ENCODED_INPUT: tf.constant(encoded)}))
-    for index, expected in enumerate(reference):
-        record(f"{BYTES_SIGNATURE} image {index} (PNG, in a batch of {len(images)}) vs source",
-               compare_detections(expected, decoded, cand_index=index))
+    for index in range(len(reference)):
+        comparison = _compare_row(reference, index, decoded, index, tolerance)
+        record(f"{BYTES_SIGNATURE} image {index} (PNG, in a batch of {len(images)}) vs source", comparison)
     problem = _check_class_names(decoded, label_map)
     check(f"{BYTES_SIGNATURE} class names", not problem, problem)
 
@@ -258,17 +195,18 @@ def verify(saved_model: Path | str, images: list[np.ndarray], reference: list[di
     if plain_tensorflow:
         check("plain TensorFlow (object_detection not imported)", "object_detection" not in sys.modules)
 
+    first = images[rows[0]]
     if measure_latency and all(c["ok"] for c in checks):  # no point timing a model that failed
         for name, function, key, make in (
             (DEFAULT_SIGNATURE, default, IMAGES_INPUT, lambda b: tf.constant(np.stack([first] * b))),
-            (BYTES_SIGNATURE, encoded_fn, ENCODED_INPUT, lambda b: tf.constant([encoded[0]] * b)),
+            (BYTES_SIGNATURE, encoded_fn, ENCODED_INPUT, lambda b: tf.constant([encoded[rows[0]]] * b)),
         ):
             result["latency_ms"][name] = {}
             for size in LATENCY_BATCHES:
                 value = make(size)
                 result["latency_ms"][name][str(size)] = _time(lambda f=function, k=key, v=value: f(**{k: v}))
     result["image_size"] = [int(first.shape[0]), int(first.shape[1])]
-    result["max_score_diff"], result["max_box_diff"] = max_score, max_box
+    result["max_score_diff"], result["max_box_diff"], result["nms_flips"] = max_score, max_box, flips
     result["ok"] = all(c["ok"] for c in checks)
     return result
 
@@ -303,9 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     images, reference = read_request(request)
     label_map = {int(k): v for k, v in params["label_map"].items()}
     try:
+        tolerance = Tolerance.from_json(params["tolerance"]) if params.get("tolerance") else None
         result = verify(saved_model, images, reference, label_map,
                         tuple(params["input_size"]) if params.get("input_size") else None,
-                        measure_latency=params.get("measure_latency", True))
+                        measure_latency=params.get("measure_latency", True), tolerance=tolerance)
     except Exception as error:  # reported to the exporter, which fails the export
         result = {"ok": False, "checks": [{"name": "load and run", "ok": False, "detail": f"{type(error).__name__}: {error}"}]}
     Path(result_path).write_text(json.dumps(result, indent=1))

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
+from conftest import synthetic_photo
 from PIL import Image
 from test_client_testserver import (
     LABEL_MAP,
@@ -52,7 +53,6 @@ from detserve.export.verify import compare_detections
 TRANSPORTS = ["grpc", "rest"]
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE_IMAGE = "data/examples/example_mask_detection_image.png"
 
 # Blocks any import of TensorFlow / tensorflow-serving-api in a subprocess, as if they were not installed.
 NO_TENSORFLOW = """
@@ -88,16 +88,7 @@ def _reset_faults(servable):
 
 def natural_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """Smooth colour gradients, blobs and a little noise (detections vary across the image)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.stack([128 + 100 * np.sin(x / 53 + y / 97), 128 + 90 * np.cos(y / 41), 100 + 80 * np.sin((x + y) / 71)],
-                     axis=-1)
-    for _ in range(6):
-        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(20, 120)
-        blob = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * r * r))[..., None]
-        image += blob * rng.uniform(-120, 120, size=3)
-    image += rng.normal(0, 6, size=image.shape)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return synthetic_photo(width, height, seed)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -210,7 +201,7 @@ def test_grpc_sends_a_resized_uint8_tensor_and_matches_the_in_process_model(serv
     sent = resize_bilinear(image, (320, 320), "bilinear_legacy")
     assert_identical(detections, in_process(servable, "serving_default", sent[None]), (1031, 777))
     # And the in-process model on the full-size original: the graph resizes in float32, the client rounds
-    # to uint8 first (<= 0.5 grey levels per pixel), so scores and boxes agree within export/verify's 2e-3.
+    # to uint8 first (<= 0.5 grey levels per pixel), so scores and boxes agree within parity.DEFAULT_TOLERANCE (2e-3).
     comparison = compare_detections(in_process(servable, "serving_default", image[None]), as_outputs(detections))
     assert comparison["ok"], comparison
     assert comparison["compared"] >= 10 and comparison["max_score_diff"] <= 2e-3
@@ -506,8 +497,8 @@ def test_async_rest(server):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_cli_detect_writes_annotated_pngs_for_the_real_image(server, shared_path, transport, tmp_path):
-    example = shared_path(EXAMPLE_IMAGE)
+def test_cli_detect_writes_annotated_pngs_for_the_photo(server, example_image, transport, tmp_path):
+    example = example_image
     out = tmp_path / "annotated"
     result = CliRunner().invoke(detserve, ["detect", str(example), "--server", server.url(transport), "--model",
                                            MODEL_NAME, "--out", str(out), "--score-threshold", "0.3"])
@@ -521,8 +512,8 @@ def test_cli_detect_writes_annotated_pngs_for_the_real_image(server, shared_path
     assert (difference.max(axis=-1) > 0).mean() > 0.002  # boxes and labels drawn
 
 
-def test_cli_detect_json(server, shared_path, tmp_path):
-    example = shared_path(EXAMPLE_IMAGE)
+def test_cli_detect_json(server, example_image, tmp_path):
+    example = example_image
     second = tmp_path / "small.png"
     second.write_bytes(png_bytes(natural_image(100, 150)))
     result = CliRunner().invoke(detserve, ["detect", str(example), str(second), "--server", server.grpc_url,
@@ -575,9 +566,9 @@ def test_cli_errors_are_one_line_with_an_exit_code(server, tmp_path, args, exit_
     assert len(error_lines) == 1 and message in error_lines[0], result.output
 
 
-def test_cli_detect_runs_without_tensorflow(server, shared_path, tmp_path):
+def test_cli_detect_runs_without_tensorflow(server, example_image, tmp_path):
     """The command, in a fresh process where importing tensorflow / tensorflow_serving fails."""
-    example = shared_path(EXAMPLE_IMAGE)
+    example = example_image
     code = NO_TENSORFLOW + "from detserve.client.cli import main\nsys.exit(main())\n"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     result = subprocess.run(
@@ -590,43 +581,39 @@ def test_cli_detect_runs_without_tensorflow(server, shared_path, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The real detector: a TFOD2 SSD trained for a few steps, exported by detserve export.
+# The real detector: a TFOD2 SSD trained on synthetic shapes (conftest), exported by detserve export.
 
 
 @pytest.fixture(scope="module")
-def exported_version(trained_model, tmp_path_factory) -> Path:
-    """The SavedModel `detserve export` publishes (its checkpoint builder: detserve's signatures around the
-    restored TFOD2 model), without the exporter's warmup file and verification subprocess."""
-    from detserve.export.exporter import checkpoint_builder
-
-    version_dir = tmp_path_factory.mktemp("client-repository") / MODEL_NAME / "1"
-    config = trained_model.model_dir / "pipeline.config"
-    checkpoint_builder(config, trained_model.model_dir, None, lambda message: None)(version_dir)
-    return version_dir
+def exported_version(published_version) -> Path:
+    """The trained detector as `detserve export` published it (conftest)."""
+    assert published_version.parent.name == MODEL_NAME
+    return published_version
 
 
 @pytest.mark.slow
-def test_real_exported_detector_over_both_transports(exported_version, shared_path):
+def test_real_exported_detector_over_both_transports(exported_version, trained_model, example_image):
     """TFOD2's fixed_shape_resizer resizes with TF1 bilinear (half_pixel_centers=False): the client's default
     resize_method reproduces it, so gRPC's client-resized uint8 gives the in-process model's detections."""
     real = servable_for(exported_version)
     server = TestServer(real).start()
     try:
-        with Image.open(shared_path(EXAMPLE_IMAGE)) as opened:
+        with Image.open(example_image) as opened:
             image = np.asarray(opened.convert("RGB"))
         size = (image.shape[1], image.shape[0])
         with Detector(server.grpc_url, model=MODEL_NAME) as client:
             meta = client.metadata(class_names=True)
-            assert meta.input_size == (320, 320)
+            input_size = (trained_model.image_size, trained_model.image_size)
+            assert meta.input_size == input_size
             assert set(meta.class_names.values()) == {"circle", "square", "triangle"}
             grpc_detections = client.detect(image)
-        sent = resize_bilinear(image, (320, 320), "bilinear_legacy")
+        sent = resize_bilinear(image, input_size, "bilinear_legacy")
         assert_identical(grpc_detections, in_process(real, "serving_default", sent[None]), size)
         comparison = compare_detections(in_process(real, "serving_default", image[None]),
                                         as_outputs(grpc_detections))
         assert comparison["ok"], comparison
         with Detector(server.rest_url, model=MODEL_NAME) as client:
-            rest_detections = client.detect(shared_path(EXAMPLE_IMAGE))  # the PNG file, as it is
+            rest_detections = client.detect(example_image)  # the PNG file, as it is
         assert_identical(rest_detections, in_process(real, "serving_default", image[None]), size)
     finally:
         server.stop()

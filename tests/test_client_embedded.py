@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_client_e2e import EXAMPLE_IMAGE, assert_identical, in_process, natural_image, rectangle_image
+from test_client_e2e import assert_identical, in_process, natural_image, rectangle_image
 from test_client_testserver import LABEL_MAP, MODEL_NAME, servable_for, tiny_model_dir
 
 from detserve.client import Detector, ModelNotFound
@@ -86,8 +86,8 @@ def test_errors_from_the_embedded_server(embedded, transport):
     assert "nope" in info.value.message
 
 
-def test_cli_against_the_embedded_server(embedded, shared_path, tmp_path):
-    example = shared_path(EXAMPLE_IMAGE)
+def test_cli_against_the_embedded_server(embedded, example_image, tmp_path):
+    example = example_image
     result = CliRunner().invoke(detserve, ["detect", str(example), "--server", embedded.rest_url, "--model",
                                            MODEL_NAME, "--out", str(tmp_path), "--json", "--score-threshold", "0.3"])
     assert result.exit_code == 0, result.output

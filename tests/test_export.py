@@ -1,13 +1,10 @@
 """`detserve export` on the session's trained model: layout, signatures, batching parity, warmup, verification,
 adopting a TFOD2 export, and evaluating what is served.
 
-One real export (module fixture, through the CLI) is shared by most tests; it runs into a repository that
-already holds versions 2, 3 and 5 (2 labelled by a serving config), so it also covers numbering and --keep.
-
-The session's 30-step model answers every image alike (all boxes identical, one score repeated: its
-batch-norm statistics saturate the features), which would make every parity test vacuous. So the export
-source is ``lively_model``: the trained model's pipeline.config and training checkpoint restored, then its
-kernels redrawn so that detections depend on the image (nothing is trained).
+One real export (module fixture, through the CLI) of the session's trained detector is shared by most tests;
+it runs into a repository that already holds versions 2, 3 and 5 (2 labelled by a serving config), so it
+also covers numbering and --keep. The detector is trained enough to find the synthetic shapes (see
+conftest.trained_model), so its detections differ from image to image and parity tests can fail.
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ from click.testing import CliRunner
 
 from detserve.export import exporter
 from detserve.export.cli import export as export_command
+from detserve.export.parity import Tolerance, compare_detections, measure_tolerance
 from detserve.export.signatures import (
     BYTES_SIGNATURE,
     DEFAULT_SIGNATURE,
@@ -35,7 +33,6 @@ from detserve.export.signatures import (
     INFO_SIGNATURE,
     PREDICT_METHOD,
 )
-from detserve.export.verify import compare_detections
 from detserve.export.warmup import WARMUP_FILENAME, read_warmup_file
 from detserve.training.data.label_map import read_label_map
 from detserve.training.data.tfrecord import read_examples, split_pattern
@@ -64,33 +61,7 @@ class Exported:
 
 
 @pytest.fixture(scope="module")
-def lively_model(trained_model, tmp_path_factory) -> Path:
-    """A model directory like `detserve train` leaves (pipeline.config, ckpt-N with step and model) whose
-    detections vary with the input: He-scaled kernels, a weaker prediction head, class bias -2."""
-    from detserve.training.evaluation.predictors import restore_detection_model
-
-    model_dir = tmp_path_factory.mktemp("lively_model")
-    shutil.copy(trained_model.model_dir / "pipeline.config", model_dir / "pipeline.config")
-    model, status, _ = restore_detection_model(model_dir / "pipeline.config", trained_model.model_dir)
-    model.predict(*model.preprocess(tf.zeros([1, 320, 320, 3])))  # creates (and restores) the variables
-    status.assert_existing_objects_matched()
-    rng = np.random.default_rng(0)
-    for variable in model.trainable_variables:
-        shape = variable.shape.as_list()
-        if "kernel" in variable.name:
-            fan_in = shape[0] * shape[1] if "depthwise" in variable.name else int(np.prod(shape[:-1]))
-            head = "ClassPredictor" in variable.name or "/BoxPredictor/" in variable.name
-            scale = (0.3 if head else 1.0) * np.sqrt(2.0 / fan_in)
-            variable.assign((rng.normal(0.0, 1.0, shape) * scale).astype(np.float32))
-        elif "ClassPredictor/bias" in variable.name:
-            variable.assign(np.full(shape, -2.0, np.float32))
-    checkpoint = tf.train.Checkpoint(step=tf.Variable(trained_model.steps, dtype=tf.int64), model=model)
-    tf.train.CheckpointManager(checkpoint, str(model_dir), max_to_keep=1).save()
-    return model_dir
-
-
-@pytest.fixture(scope="module")
-def exported(lively_model, trained_model, tmp_path_factory) -> Exported:
+def exported(trained_model, tmp_path_factory) -> Exported:
     repository = tmp_path_factory.mktemp("repository")
     model_dir = repository / "detector"
     for version in ("2", "3", "5"):  # stand-ins for earlier exports
@@ -99,7 +70,7 @@ def exported(lively_model, trained_model, tmp_path_factory) -> Exported:
     serving_config = repository / "models.config"
     serving_config.write_text(LABELLED)
     result = CliRunner().invoke(export_command, [
-        "--model-dir", str(lively_model), "--repository", str(repository), "--name", "detector",
+        "--model-dir", str(trained_model.model_dir), "--repository", str(repository), "--name", "detector",
         "--keep", "2", "--serving-config", str(serving_config)])
     assert result.exit_code == 0, result.output
     return Exported(repository, model_dir, model_dir / "6", result.output, trained_model)
@@ -134,8 +105,9 @@ def test_signature_names_dtypes_and_shapes(exported):
         outputs = {key: tuple(value) for key, value in signatures[name]["outputs"].items()}
         assert outputs == DETECTIONS, name  # nothing raw, nothing per anchor
     # The input size, where GetModelMetadata shows it: model_info's input shape.
-    assert signatures[INFO_SIGNATURE]["inputs"] == {INFO_INPUT: ["uint8", [-1, 320, 320, 3]]}
-    assert exporter.model_input_size(exported.path) == (320, 320)
+    size = exported.trained.image_size
+    assert signatures[INFO_SIGNATURE]["inputs"] == {INFO_INPUT: ["uint8", [-1, size, size, 3]]}
+    assert exporter.model_input_size(exported.path) == (size, size)
 
 
 @pytest.fixture(scope="module")
@@ -158,24 +130,36 @@ def numpy(outputs) -> dict[str, np.ndarray]:
     return {key: value.numpy() for key, value in outputs.items()}
 
 
-def test_an_image_alone_and_in_a_batch_of_8_gives_the_same_detections(loaded, test_images):
+def run(signature):
+    """uint8 batch -> numpy outputs of a signature (the form detserve.export.parity.measure_tolerance takes)."""
+    return lambda batch: numpy(signature(images=tf.constant(batch)))
+
+
+@pytest.fixture(scope="module")
+def tolerance(loaded, test_images) -> Tolerance:
+    """What the exporter would allow for this model on this machine (its own batch-vs-single spread)."""
+    default = loaded.signatures[DEFAULT_SIGNATURE]
+    alone = [run(default)(image[np.newaxis]) for image in test_images]
+    return measure_tolerance(run(default), test_images, alone)
+
+
+def test_an_image_alone_and_in_a_batch_of_8_gives_the_same_detections(loaded, test_images, tolerance):
     default = loaded.signatures[DEFAULT_SIGNATURE]
     image = test_images[0]
     others = [test_images[1 + i % (len(test_images) - 1)] for i in range(7)]
     alone = numpy(default(images=tf.constant(image[np.newaxis])))
     batch = numpy(default(images=tf.constant(np.stack(others[:3] + [image] + others[3:]))))
     assert batch["detection_boxes"].shape == (8, 100, 4)
-    result = compare_detections(alone, batch, cand_index=3, score_tolerance=1e-4, box_tolerance=1e-4)
+    result = compare_detections(alone, batch, cand_index=3, tolerance=tolerance)
     assert result["ok"], result["problem"]
     assert result["compared"] >= 10
-    # ... and the detections really depend on the image (else this test would prove nothing).
-    other = numpy(default(images=tf.constant(others[0][np.newaxis])))
-    assert not compare_detections(alone, other)["ok"]
-    np.testing.assert_allclose(np.sort(batch["detection_scores"][3])[-10:], np.sort(alone["detection_scores"][0])[-10:],
-                               atol=1e-4)
+    # ... and the detections really depend on the image (else this test would prove nothing): every other
+    # image's detections differ from this one's.
+    for row in (0, 1, 2):
+        assert not compare_detections(alone, batch, cand_index=row, tolerance=tolerance)["ok"]
 
 
-def test_the_bytes_signature_decodes_to_the_same_detections(loaded, test_images):
+def test_the_bytes_signature_decodes_to_the_same_detections(loaded, test_images, tolerance):
     import io
 
     from PIL import Image
@@ -188,7 +172,7 @@ def test_the_bytes_signature_decodes_to_the_same_detections(loaded, test_images)
     from_bytes = numpy(loaded.signatures[BYTES_SIGNATURE](encoded_images=tf.constant(encoded)))
     for index, image in enumerate(test_images[:3]):
         alone = numpy(loaded.signatures[DEFAULT_SIGNATURE](images=tf.constant(image[np.newaxis])))
-        result = compare_detections(alone, from_bytes, cand_index=index, score_tolerance=1e-4, box_tolerance=1e-4)
+        result = compare_detections(alone, from_bytes, cand_index=index, tolerance=tolerance)
         assert result["ok"], result["problem"]
 
 
@@ -200,8 +184,9 @@ def test_class_names_come_from_the_label_map(loaded, exported, test_images):
         names = [n.decode() for n in outputs["detection_class_names"][row]]
         assert names[:count] == [label_map[int(c)] for c in outputs["detection_classes"][row][:count]]
         assert set(names[count:]) <= {""}
-    info = numpy(loaded.signatures[INFO_SIGNATURE](images=tf.zeros([1, 320, 320, 3], tf.uint8)))
-    assert info["input_height"].tolist() == [320] and info["input_width"].tolist() == [320]
+    size = exported.trained.image_size
+    info = numpy(loaded.signatures[INFO_SIGNATURE](images=tf.zeros([1, size, size, 3], tf.uint8)))
+    assert info["input_height"].tolist() == [size] and info["input_width"].tolist() == [size]
     assert dict(zip(info["class_ids"][0].tolist(), [n.decode() for n in info["class_names"][0]], strict=True)) == label_map
 
 
@@ -223,26 +208,126 @@ def test_warmup_file_holds_prediction_logs_for_both_signatures(exported, loaded)
     assert seen == {(DEFAULT_SIGNATURE, IMAGES_INPUT, b) for b in sizes} | {(BYTES_SIGNATURE, ENCODED_INPUT, b) for b in sizes}
 
 
-def test_verification_catches_detections_that_differ(exported, loaded, test_images):
-    """In-process run of the fresh-process checks: a source that disagrees (shifted scores, wrong boxes)."""
+@pytest.fixture(scope="module")
+def verification_inputs(exported, loaded):
+    """What the exporter hands the verification: samples of the test split and their resized copies, the
+    source's detections of each alone (here the verified export itself), the tolerance measured on it."""
+    images, _ = exporter.sample_images(split_pattern(exported.trained.data_dir, "test"))
+    size = (exported.trained.image_size,) * 2
+    images = exporter.with_resized_copies(images, size)
+    default = loaded.signatures[DEFAULT_SIGNATURE]
+    reference = [run(default)(image[np.newaxis]) for image in images]
+    label_map = read_label_map(exported.path / "assets" / "label_map.pbtxt")
+    return images, reference, label_map, size, measure_tolerance(run(default), images, reference)
+
+
+class PlantedSignature:
+    """A loaded signature with a defect planted around it, called as verify calls a loaded SavedModel."""
+
+    def __init__(self, function, call):
+        self.function, self.call = function, call
+        self.structured_input_signature = function.structured_input_signature
+        self.structured_outputs = function.structured_outputs
+
+    def __call__(self, **inputs):
+        return self.call(self.function, **inputs)
+
+
+def planted(loaded, **calls):
+    """``loaded`` with some signatures replaced by ``calls[name](function, **inputs)``."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(signatures={name: PlantedSignature(function, calls.get(name, lambda f, **i: f(**i)))
+                                       for name, function in loaded.signatures.items()})
+
+
+def verify_planted(model, verification_inputs) -> tuple[dict, list[dict]]:
     from detserve.export.verify import verify
 
-    image = test_images[0]
-    good = numpy(loaded.signatures[DEFAULT_SIGNATURE](images=tf.constant(image[np.newaxis])))
-    label_map = read_label_map(exported.path / "assets" / "label_map.pbtxt")
+    images, reference, label_map, size, tolerance = verification_inputs
     # This process has imported object_detection; the export's own run (a fresh process) checks it has not.
-    result = verify(exported.path, [image], [good], label_map, (320, 320), measure_latency=False,
-                    plain_tensorflow=False)
-    assert result["ok"], [c for c in result["checks"] if not c["ok"]]
-    assert "model_info values" in {c["name"] for c in result["checks"]}
+    result = verify(model, images, reference, label_map, size, measure_latency=False, plain_tensorflow=False,
+                    tolerance=tolerance)
+    return result, [c for c in result["checks"] if not c["ok"]]
 
-    shifted = dict(good, detection_boxes=np.clip(good["detection_boxes"] + 0.05, 0, 1))
-    result = verify(exported.path, [image], [shifted], label_map, (320, 320), measure_latency=False,
-                    plain_tensorflow=False)
+
+def reversed_batch(function, **inputs):
+    (key, value), = inputs.items()
+    return function(**{key: tf.reverse(value, [0])})
+
+
+def without_label_offset(function, **inputs):
+    outputs = dict(function(**inputs))
+    outputs["detection_classes"] = outputs["detection_classes"] - 1.0  # TFOD2's 0-based ids, as a buggy export
+    return outputs
+
+
+def letterboxed(size: tuple[int, int]):
+    """Aspect-preserving resize with padding in front of a model trained on stretched images."""
+    def call(function, images):
+        padded = tf.image.resize_with_pad(tf.cast(images, tf.float32), *size)
+        return function(images=tf.cast(tf.round(padded), tf.uint8))
+
+    return call
+
+
+def test_verification_passes_the_export_as_it_is(loaded, verification_inputs):
+    result, failed = verify_planted(planted(loaded), verification_inputs)
+    assert result["ok"], failed
+    assert {"model_info values", "tolerance"} <= {c["name"] for c in result["checks"]}
+    batch_checks = [c for c in result["checks"] if "at row" in c["name"]]
+    assert len(batch_checks) == 8 and all(c["compared"] >= 10 for c in batch_checks)
+
+
+def test_verification_refuses_images_swapped_inside_a_batch(loaded, verification_inputs):
+    result, failed = verify_planted(planted(loaded, serving_default=reversed_batch, serving_bytes=reversed_batch),
+                                    verification_inputs)
     assert not result["ok"]
-    failed = [c["name"] for c in result["checks"] if not c["ok"]]
-    assert any(name.startswith(DEFAULT_SIGNATURE) for name in failed)
-    assert any(name.startswith(BYTES_SIGNATURE) for name in failed)
+    names = [c["name"] for c in failed]
+    assert any(name.startswith(f"{DEFAULT_SIGNATURE} image") and "at row" in name for name in names), names
+    assert any(name.startswith(BYTES_SIGNATURE) for name in names), names
+    alone = [name for name in names if name.startswith(DEFAULT_SIGNATURE) and "at row" not in name]
+    assert not alone, "a batch of one has nothing to reorder"
+    assert any("images swapped or reordered inside the batch" in c["detail"] for c in failed), failed
+
+
+def test_verification_refuses_a_dropped_class_offset(loaded, verification_inputs):
+    result, failed = verify_planted(planted(loaded, serving_default=without_label_offset,
+                                            serving_bytes=without_label_offset), verification_inputs)
+    assert not result["ok"]
+    assert any("class ids are shifted by -1" in c["detail"] for c in failed), failed
+
+
+def test_verification_refuses_a_wrong_resize(loaded, verification_inputs):
+    images, size = verification_inputs[0], verification_inputs[3]
+    result, failed = verify_planted(planted(loaded, serving_default=letterboxed(size)), verification_inputs)
+    assert not result["ok"]
+    wrong = {c["name"] for c in failed}
+    # The samples that are not square come out differently; their copies at the input size (nothing to pad) do not.
+    for index, image in enumerate(images):
+        name = f"{DEFAULT_SIGNATURE} image {index} ({image.shape[0]}x{image.shape[1]}) vs source"
+        assert (name in wrong) == (image.shape[:2] != size), (name, wrong)
+    assert any("the model saw another image than the source did" in c["detail"] for c in failed), failed
+
+
+def test_an_export_with_rows_swapped_in_the_graph_is_refused(trained_model, tmp_path, monkeypatch):
+    """The real export path (fresh-process verification) with the defect inside the exported graph."""
+    from detserve.export import signatures
+
+    original = signatures.checkpoint_detect_fns
+
+    def swapping(model, input_size):
+        detect_images, detect_encoded = original(model, input_size)
+        return (lambda images: detect_images(tf.reverse(images, [0])),
+                lambda encoded: detect_encoded(tf.reverse(encoded, [0])))
+
+    monkeypatch.setattr(signatures, "checkpoint_detect_fns", swapping)
+    repository = tmp_path / "repository"
+    with pytest.raises(exporter.ExportError, match="verification failed, nothing published: .*images swapped or "
+                                                   "reordered inside the batch"):
+        exporter.export_checkpoint(trained_model.model_dir / "pipeline.config", trained_model.model_dir, repository,
+                                   "detector", measure_latency=False)
+    assert list((repository / "detector").iterdir()) == []
 
 
 def test_an_export_failing_verification_publishes_nothing(exported, tmp_path, monkeypatch):
@@ -264,19 +349,20 @@ def test_an_export_failing_verification_publishes_nothing(exported, tmp_path, mo
 
 
 @pytest.fixture(scope="module")
-def tfod2_export(lively_model, tmp_path_factory) -> Path:
+def tfod2_export(trained_model, tmp_path_factory) -> Path:
     """The model exported by TFOD2's own exporter (input_type image_tensor: fixed at batch 1)."""
     from object_detection import exporter_lib_v2
 
     from detserve.training.pipeline_config import load_pipeline_config
 
     out = tmp_path_factory.mktemp("tfod2_export")
-    config = load_pipeline_config(lively_model / "pipeline.config")
-    exporter_lib_v2.export_inference_graph("image_tensor", config, str(lively_model), str(out))
+    config = load_pipeline_config(trained_model.model_dir / "pipeline.config")
+    exporter_lib_v2.export_inference_graph("image_tensor", config, str(trained_model.model_dir), str(out))
     return out
 
 
-def test_from_saved_model_adopts_a_fixed_batch_tfod2_export(tfod2_export, exported, test_images, tmp_path):
+def test_from_saved_model_adopts_a_fixed_batch_tfod2_export(tfod2_export, exported, loaded, test_images, tolerance,
+                                                             tmp_path):
     source = tf.saved_model.load(str(tfod2_export / "saved_model")).signatures["serving_default"]
     (_, spec), = source.structured_input_signature[1].items()
     assert spec.shape.as_list() == [1, None, None, 3]  # what TFOD2's exporter makes (tensorflow/models#10317)
@@ -292,31 +378,29 @@ def test_from_saved_model_adopts_a_fixed_batch_tfod2_export(tfod2_export, export
     assert signatures[DEFAULT_SIGNATURE]["inputs"] == {IMAGES_INPUT: ["uint8", [-1, -1, -1, 3]]}
     for name in (DEFAULT_SIGNATURE, BYTES_SIGNATURE):
         assert {k: tuple(v) for k, v in signatures[name]["outputs"].items()} == DETECTIONS
-    assert exporter.model_input_size(path) == (320, 320)  # from the pipeline.config TFOD2 wrote beside it
+    size = exported.trained.image_size
+    assert exporter.model_input_size(path) == (size, size)  # from the pipeline.config TFOD2 wrote beside it
     # The label map named by that pipeline.config.
     assert read_label_map(path / "assets" / "label_map.pbtxt") == read_label_map(exported.trained.data_dir / "label_map.pbtxt")
 
     # A batch of 3 through the adopted model = the detserve export of the same checkpoint, image by image.
     adopted = tf.saved_model.load(str(path)).signatures[DEFAULT_SIGNATURE]
-    ours = tf.saved_model.load(str(exported.path)).signatures[DEFAULT_SIGNATURE]
+    ours = loaded.signatures[DEFAULT_SIGNATURE]
     batch = numpy(adopted(images=tf.constant(np.stack(test_images[:3]))))
     for index, image in enumerate(test_images[:3]):
         alone = numpy(ours(images=tf.constant(image[np.newaxis])))
-        comparison = compare_detections(alone, batch, cand_index=index)
+        comparison = compare_detections(alone, batch, cand_index=index, tolerance=tolerance)
         assert comparison["ok"], comparison["problem"]
         assert comparison["compared"] >= 10
 
 
-def test_evaluating_the_exported_version_matches_the_checkpoint(exported, lively_model, tmp_path):
+def test_evaluating_the_exported_version_matches_the_checkpoint(exported, trained_model_metrics, tmp_path):
     from detserve.training.evaluation.cli import evaluate as evaluate_command
-    from detserve.training.evaluation.evaluate import evaluate
-    from detserve.training.evaluation.predictors import checkpoint_predictor
     from detserve.training.evaluation.report import METRICS_FILENAME, read_metrics_json
 
     trained = exported.trained
-    labels = read_label_map(trained.data_dir / "label_map.pbtxt")
-    from_checkpoint = evaluate(checkpoint_predictor(lively_model / "pipeline.config", lively_model),
-                               trained.data_dir, labels, tmp_path / "checkpoint", grid_images=0, progress=False)
+    from_checkpoint = trained_model_metrics
+    assert from_checkpoint["DetectionBoxes_Precision/mAP@.50IOU"] > 0.3  # a detector, so equal metrics mean something
     result = CliRunner().invoke(evaluate_command, ["--model", str(exported.path), "--data", str(trained.data_dir),
                                                    "--out", str(tmp_path / "served"), "--grid-images", "0"])
     assert result.exit_code == 0, result.output

@@ -298,8 +298,8 @@ def test_training_image_installs_the_pinned_project_on_the_gpu_base():
     assert base == "tensorflow/tensorflow:2.21.0-gpu"
     runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
     order = [
-        "pip install -c requirements/constraints.txt -r /tmp/runtime-gpu.in",
-        "pip install --no-deps --require-hashes -r requirements/no-deps.txt",
+        "pip install --require-hashes --only-binary :all: -r /tmp/runtime-gpu.txt",
+        "pip install --no-deps --no-build-isolation --require-hashes -r requirements/no-deps.txt",
         "pip install --no-deps -e client -e .",
     ]
     positions = [runs.find(step) for step in order]
@@ -310,21 +310,22 @@ def test_training_image_installs_the_pinned_project_on_the_gpu_base():
 
 @pytest.mark.skipif(shutil.which("sed") is None, reason="sed not found")
 def test_training_image_drops_exactly_the_tensorflow_cpu_requirement():
-    """Run the Dockerfile's own sed on requirements/runtime.in: only tensorflow-cpu goes (the base has tensorflow)."""
-    runtime_in = ROOT / "requirements" / "runtime.in"
-    if not runtime_in.exists():
-        pytest.skip("requirements/runtime.in is not there yet")
+    """Run the Dockerfile's own sed on the lock requirements/runtime.txt: only the tensorflow-cpu entry (its pin and
+    hash lines) goes (the base has tensorflow)."""
+    runtime_txt = ROOT / "requirements" / "runtime.txt"
     run = next(
         args for keyword, args in _instructions(TRAINING_DOCKERFILE) if keyword == "RUN" and "sed" in args
     )
     expression = re.search(r"sed -E '([^']+)'", run).group(1)
     proc = subprocess.run(
-        ["sed", "-E", expression, str(runtime_in)], capture_output=True, text=True, check=True
+        ["sed", "-E", expression, str(runtime_txt)], capture_output=True, text=True, check=True
     )
-    before = runtime_in.read_text().splitlines()
-    is_tensorflow_cpu = re.compile(r"^tensorflow-cpu\s*([=<>!~;\[]|$)").match
+    # An entry: the `name==version \` line and the indented --hash / `# via` lines under it.
+    entries = re.split(r"\n(?=\S)", runtime_txt.read_text())
+    is_tensorflow_cpu = re.compile(r"^tensorflow-cpu==").match
+    assert sum(1 for entry in entries if is_tensorflow_cpu(entry)) == 1
     # Everything else stays, including names that merely start alike (tensorflow-serving-api, tensorboard).
-    assert proc.stdout.splitlines() == [line for line in before if not is_tensorflow_cpu(line)]
+    assert proc.stdout == "\n".join(entry for entry in entries if not is_tensorflow_cpu(entry))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -29,15 +29,28 @@ def test_short_training_run_lowers_the_loss_and_checkpoints_the_last_step(traine
     assert len(losses) == trained_model.steps  # one record per step (steps_per_loop 1 in the fixture)
     assert np.all(np.isfinite(losses))
     # Per-step losses are noisy (batch 4): neighbours and even 5-step means can rise. Test the trend instead: a
-    # least-squares line through all steps must fall, significantly and by a visible amount. Measured: the seeded
-    # fixture t = -8.8, fitted fall 21%; ten unseeded runs t -4.2 to -11.4, fall about 8% to 19%.
+    # least-squares line through all steps must fall, significantly and by a visible amount. Measured on the
+    # seeded fixture (200 steps): t = -45.6, fitted fall 86%; 30-step runs gave t -4.2 to -11.4, falls 8% to 19%.
     trend = stats.linregress(np.arange(len(losses)), losses)
     assert trend.slope < 0 and trend.pvalue < 0.01, (trend, losses)
     fitted_fall = -trend.slope * (len(losses) - 1) / trend.intercept
-    assert fitted_fall > 0.03, (fitted_fall, losses)
-    # 30 steps with checkpoints every 25: train_loop alone would stop saving at 25.
+    assert fitted_fall > 0.2, (fitted_fall, losses)
+    # Checkpoints every 75 steps: train_loop alone would stop saving at 150.
     assert checkpoint_step(latest_checkpoint(model_dir)) == trained_model.steps
     assert list((model_dir / "train").glob("events.out.tfevents.*")), "no TensorBoard logs"
+
+
+# mAP@.50 on the fixture's test split. The run is seeded, but another CPU rounds differently and its run diverges
+# like another seed's would. Measured, 200 steps at 192x192 on AMD EPYC without AVX-512 (2 cores): seed 0 (the
+# fixture) 0.891, seed 1 0.380, seed 2 0.587; a model that learnt nothing scores ~0 (the former 30-step fixture:
+# 0.0003). The floor is 40% of the lowest measured run: far above chance, below any run seen.
+MAP50_FLOOR = 0.15
+
+
+def test_short_training_run_gives_a_working_detector(trained_model_metrics) -> None:
+    """Not only a falling loss: the checkpoint finds the synthetic shapes on images it never saw."""
+    map50 = trained_model_metrics["DetectionBoxes_Precision/mAP@.50IOU"]
+    assert map50 >= MAP50_FLOOR, trained_model_metrics
 
 
 def test_training_resumes_from_the_last_checkpoint(trained_model, tmp_path) -> None:

@@ -1,12 +1,12 @@
-"""Check the installed stack: one TensorFlow (tensorflow-cpu), TFOD2 without its declared extras.
+"""Check the installed stack: one TensorFlow (tensorflow-cpu), one OpenCV (opencv-python-headless), TFOD2
+without its declared extras.
 
-Run by `make setup` after installing; `--write-constraints` re-pins requirements/constraints.txt.
+Run by `make setup` after installing the locks in requirements/ (`make lock` writes them).
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from importlib import metadata
 
@@ -20,7 +20,10 @@ REQUIRED = {
 }
 # A second TensorFlow, or TFOD2's declared dependencies that do not work on TF 2.21 / are not needed.
 FORBIDDEN = ("tensorflow", "tensorflow-gpu", "tensorflow-intel", "tensorflow-io", "tensorflow-io-gcs-filesystem", "apache-beam")
-NO_DEPS = ("tf-keras", "tf-object-detection-api", "tf-models-official", "tensorflow-serving-api")
+# Each of these installs the same top-level `cv2` package, over the files of the others: only the headless one
+# belongs (lvis declares opencv-python, so it is installed --no-deps).
+OPENCV = "opencv-python-headless"
+OTHER_OPENCVS = ("opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless")
 
 
 def installed_version(name: str) -> str | None:
@@ -40,35 +43,27 @@ def problems() -> list[str]:
         actual = installed_version(name)
         if actual is not None:
             found.append(f"{name} {actual} is installed but must not be (one TensorFlow: tensorflow-cpu)")
+    headless = installed_version(OPENCV)
+    for name in OTHER_OPENCVS:
+        actual = installed_version(name)
+        if actual is not None:
+            found.append(
+                f"{name} {actual} is installed next to {OPENCV} {headless or '(missing)'}: both write the same cv2 "
+                f"files; only {OPENCV} belongs (recreate the venv: rm -rf .venv && make setup)"
+            )
+    if headless is None:
+        found.append(f"{OPENCV} is not installed (cv2 for TFOD2 and lvis)")
     return found
 
 
-def write_constraints(path: str) -> None:
-    frozen = subprocess.run(
-        [sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable"], check=True, capture_output=True, text=True
-    ).stdout.splitlines()
-    keep = [line for line in frozen if line.split("==")[0].lower() not in NO_DEPS]
-    header = [
-        "# Pinned versions for a fresh machine (Python 3.11, linux x86_64). Regenerate with: make lock",
-        "# The --no-deps packages are pinned by hash in no-deps.txt.",
-    ]
-    with open(path, "w") as handle:
-        handle.write("\n".join(header + keep) + "\n")
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write-constraints", metavar="PATH")
-    args = parser.parse_args()
+    argparse.ArgumentParser(description=__doc__).parse_args()
     found = problems()
     for problem in found:
         print(f"install check: {problem}", file=sys.stderr)
     if found:
         return 1
-    print("install check: ok (" + ", ".join(f"{n} {v}" for n, v in REQUIRED.items()) + ")")
-    if args.write_constraints:
-        write_constraints(args.write_constraints)
-        print(f"wrote {args.write_constraints}")
+    print("install check: ok (" + ", ".join(f"{n} {v}" for n, v in REQUIRED.items()) + f", {OPENCV} only)")
     return 0
 
 

@@ -30,7 +30,10 @@ def _augmentations(value: str) -> list[str]:
 @click.option("--augment", default="flip,crop", show_default=True,
               help="Comma-separated: flip, crop, brightness, contrast (empty for none).")
 @click.option("--backbone-weights", default=None,
-              help="Keras MobileNetV2 ImageNet no_top .h5 file, or 'imagenet' to let Keras download it.")
+              help="Keras MobileNetV2 ImageNet no_top .h5 file, or 'imagenet' to let Keras download it "
+                   "(checked against the file's known sha256: alpha 0.35 and 0.5).")
+@click.option("--backbone-weights-sha256", default=None, metavar="HEX",
+              help="sha256 the --backbone-weights file must have: needed for `imagenet` at another alpha.")
 @click.option("--fine-tune-checkpoint", default=None,
               help="TFOD2 detection checkpoint (zoo model) to start from, e.g. .../checkpoint/ckpt-0.")
 @click.option("--batch-norm-decay", type=float, default=None,
@@ -41,18 +44,21 @@ def _augmentations(value: str) -> list[str]:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning_rate: float, warmup_steps: int | None,
           depth_multiplier: float, image_size: int, augment: str, backbone_weights: str | None,
-          fine_tune_checkpoint: str | None, batch_norm_decay: float | None, checkpoint_every: int, seed: int | None,
-          progress: bool) -> None:
+          backbone_weights_sha256: str | None, fine_tune_checkpoint: str | None, batch_norm_decay: float | None,
+          checkpoint_every: int, seed: int | None, progress: bool) -> None:
     """Train SSD MobileNetV2 FPN-Lite with TFOD2 on the TFRecords in --data."""
     from detserve.training.run import TrainingRequest, prepare_run, report_training
     from detserve.training.train import train as run_training
 
     if backbone_weights and fine_tune_checkpoint:
         raise click.UsageError("give either --backbone-weights or --fine-tune-checkpoint, not both")
+    if backbone_weights_sha256 and not backbone_weights:
+        raise click.UsageError("--backbone-weights-sha256 checks --backbone-weights: give both")
     request = TrainingRequest(
         data_dir=data_dir, model_dir=model_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
         warmup_steps=warmup_steps, depth_multiplier=depth_multiplier, image_size=image_size,
         augmentations=_augmentations(augment), backbone_weights=backbone_weights,
+        backbone_weights_sha256=backbone_weights_sha256,
         fine_tune_checkpoint=fine_tune_checkpoint, batch_norm_decay=batch_norm_decay,
     )
     try:

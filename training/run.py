@@ -33,6 +33,7 @@ class TrainingRequest:
     image_size: int = 320
     augmentations: list[str] | None = None
     backbone_weights: str | None = None
+    backbone_weights_sha256: str | None = None  # None: the known one of the `imagenet` file, none for a path
     fine_tune_checkpoint: str | None = None
     batch_norm_decay: float | None = None  # None: 0.997 from pretrained weights, 0.9 from scratch
 
@@ -77,7 +78,8 @@ def prepare_run(request: TrainingRequest) -> Iterator[str]:
     elif request.backbone_weights:
         from detserve.training.backbone import import_backbone_weights
 
-        h5_path = resolve_backbone_weights(request.backbone_weights, request.depth_multiplier)
+        h5_path = resolve_backbone_weights(request.backbone_weights, request.depth_multiplier,
+                                           request.backbone_weights_sha256)
         model_config = parse_pipeline_config(render_pipeline_config(options)).model
         imported = import_backbone_weights(h5_path, model_config, model_dir / "backbone" / "imagenet")
         options.fine_tune_checkpoint = imported.checkpoint_prefix
