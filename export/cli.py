@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from detserve.client.contract import DEFAULT_SIGNATURE
 from detserve.training.logs import quiet_tensorflow
 
 quiet_tensorflow()
@@ -33,7 +34,7 @@ DEFAULT_MODEL_DIR = Path("runs/model")
 @click.option("--from-saved-model", "saved_model", type=click.Path(path_type=Path),
               help="Adopt a SavedModel written by TFOD2's exporter (the export directory or its saved_model/) "
                    "instead of exporting a checkpoint.")
-@click.option("--signature", default="serving_default", show_default=True,
+@click.option("--signature", default=DEFAULT_SIGNATURE, show_default=True,
               help="With --from-saved-model: the source signature to wrap.")
 @click.option("--label-map", type=click.Path(path_type=Path),
               help="label_map.pbtxt. Default: pipeline.config's label_map_path.")

@@ -31,6 +31,13 @@ import numpy as np
 import detserve.training.tfod_compat  # noqa: F401, I001
 
 # isort: split
+from detserve.client.contract import (
+    DEFAULT_SIGNATURE,
+    LABEL_ID_OFFSET,
+    SERVE_TAG,
+    is_internal_signature,
+    label_map_file,
+)
 from detserve.export import repository as repo
 from detserve.export.parity import MARGIN, MIN_TOLERANCE, Tolerance, measure_tolerance
 from detserve.export.signatures import (
@@ -42,7 +49,6 @@ from detserve.export.signatures import (
 )
 from detserve.export.warmup import WarmupInfo, warmup_batch_sizes, write_warmup_file
 
-LABEL_MAP_FILENAME = "label_map.pbtxt"
 NUM_SAMPLES = 4
 VERIFY_TIMEOUT_S = 900
 Echo = Callable[[str], None]
@@ -117,9 +123,9 @@ def read_signature_defs(version_path: Path | str) -> dict:
     saved_model = saved_model_pb2.SavedModel()
     saved_model.ParseFromString((Path(version_path) / "saved_model.pb").read_bytes())
     for meta_graph in saved_model.meta_graphs:
-        if "serve" in meta_graph.meta_info_def.tags:
+        if SERVE_TAG in meta_graph.meta_info_def.tags:
             return {name: meta_graph.signature_def[name] for name in sorted(meta_graph.signature_def)
-                    if not name.startswith("__")}
+                    if not is_internal_signature(name)}
     raise ExportError(f"{version_path}/saved_model.pb has no MetaGraph tagged 'serve'")
 
 
@@ -219,7 +225,7 @@ def load_label_map(path: Path | str) -> tuple[dict[int, str], str]:
 def _check_label_map(label_map: Mapping[int, str], num_classes: int | None, source: str) -> None:
     if num_classes is None:
         return
-    expected = set(range(1, num_classes + 1))
+    expected = set(range(LABEL_ID_OFFSET, num_classes + LABEL_ID_OFFSET))
     if set(label_map) != expected:
         raise ExportError(f"label map {source} has ids {sorted(label_map)} but the model has {num_classes} classes "
                           f"(ids 1..{num_classes}); pass the label map it was trained with (--label-map)")
@@ -510,9 +516,8 @@ def _export(build: Callable[[Path], BuiltModel], repository: Path | str, name: s
         echo(f"removed {stale}, left by an export that was killed")
     with repo.staging_dir(model_dir) as staged:
         built = build(staged)
-        assets = staged / "assets"
-        assets.mkdir(exist_ok=True)
-        (assets / LABEL_MAP_FILENAME).write_text(built.label_map_text)
+        label_map_file(staged).parent.mkdir(exist_ok=True)
+        label_map_file(staged).write_text(built.label_map_text)
         warmup = write_warmup_file(staged, name, sizes)
         signatures = _check_method_names(staged)
         echo("verifying in a fresh process (plain TensorFlow)")
@@ -574,7 +579,7 @@ def adopt_saved_model(
     keep: int | None = None,
     label_map: Path | str | None = None,
     pipeline_config: Path | str | None = None,
-    signature: str = "serving_default",
+    signature: str = DEFAULT_SIGNATURE,
     serving_configs: Sequence[Path] | None = None,
     batching_configs: Sequence[Path] | None = None,
     echo: Echo | None = None,

@@ -1,4 +1,4 @@
-"""A TF Serving model repository on disk: ``<repository>/<name>/<version>/``, versions as positive integers.
+"""A TF Serving model repository on disk: ``<repository>/<name>/<version>/``; detserve writes positive versions.
 
 TF Serving's file-system source polls ``<base_path>`` and treats every child directory whose name is an
 integer as a version; anything else (``.tmp-export-*``) is ignored. So an export is built in a hidden
@@ -21,9 +21,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from detserve.client.contract import FIRST_VERSION, version_dirs
+
 TEMP_PREFIX = ".tmp-export-"
 PRUNE_PREFIX = ".tmp-prune-"
-_VERSION = re.compile(r"\d+")
 
 
 class RepositoryError(ValueError):
@@ -31,12 +32,10 @@ class RepositoryError(ValueError):
 
 
 def list_versions(model_dir: Path | str) -> list[int]:
-    """The version numbers under ``<repository>/<name>/``, ascending (what TF Serving would load)."""
+    """The version numbers under ``<repository>/<name>/``, ascending: what TF Serving would load, 0 included
+    (detserve.client.contract.version_dirs)."""
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        return []
-    versions = {int(child.name) for child in model_dir.iterdir() if child.is_dir() and _VERSION.fullmatch(child.name)}
-    return sorted(v for v in versions if v > 0)
+    return sorted(version_dirs(model_dir)) if model_dir.is_dir() else []
 
 
 def version_dir(model_dir: Path | str, version: int) -> Path:
@@ -44,14 +43,14 @@ def version_dir(model_dir: Path | str, version: int) -> Path:
 
 
 def next_version(model_dir: Path | str) -> int:
-    """One more than the highest version present, 1 for an empty repository."""
+    """One more than the highest version present, FIRST_VERSION (1) for an empty repository."""
     versions = list_versions(model_dir)
-    return versions[-1] + 1 if versions else 1
+    return max(versions[-1] + 1, FIRST_VERSION) if versions else FIRST_VERSION
 
 
 def check_version_free(model_dir: Path | str, version: int) -> None:
     """Refuse a requested version that exists (also as ``01``, which TF Serving reads as 1) or is not positive."""
-    if version < 1:
+    if version < FIRST_VERSION:
         raise RepositoryError(f"version must be a positive integer (TF Serving's version directories), got {version}")
     if version in list_versions(model_dir):
         raise RepositoryError(f"version {version} already exists in {model_dir}; exports never overwrite a version")

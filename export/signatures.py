@@ -1,5 +1,6 @@
-"""The serving signatures every detserve export has. Names are a contract: the server, the client and
-docs/export.md rely on them; change them only with a new major version.
+"""The serving signatures every detserve export has, built as TensorFlow graphs. The names are the contract
+(detserve.client.contract): the server, the client and docs/export.md rely on them; change them only with a
+new major version.
 
 ``serving_default``  images uint8 [B, H, W, 3] (any H, W; B free) -> detections
 ``serving_bytes``    encoded_images string [B] (JPEG/PNG/BMP/GIF bytes; REST {"b64": ...}) -> detections
@@ -23,20 +24,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-PREDICT_METHOD = "tensorflow/serving/predict"
-DEFAULT_SIGNATURE = "serving_default"
-BYTES_SIGNATURE = "serving_bytes"
-INFO_SIGNATURE = "model_info"
-IMAGES_INPUT = "images"
-ENCODED_INPUT = "encoded_images"
-INFO_INPUT = "images"
-DETECTION_SIGNATURES = (DEFAULT_SIGNATURE, BYTES_SIGNATURE)
-SIGNATURES = (DEFAULT_SIGNATURE, BYTES_SIGNATURE, INFO_SIGNATURE)
-# The four numeric outputs, in TFOD2's names and layout.
-NUMERIC_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
-CLASS_NAMES_OUTPUT = "detection_class_names"
-DETECTION_OUTPUTS = (*NUMERIC_OUTPUTS, CLASS_NAMES_OUTPUT)
-INFO_OUTPUTS = ("input_height", "input_width", "class_ids", "class_names")
+# The names are the contract's (detserve.client.contract), importable from here too.
+from detserve.client.contract import (  # noqa: F401  (re-exported)
+    BYTES_SIGNATURE,
+    CLASS_NAMES_OUTPUT,
+    DEFAULT_SIGNATURE,
+    DETECTION_OUTPUTS,
+    DETECTION_SIGNATURES,
+    ENCODED_INPUT,
+    IMAGES_INPUT,
+    INFO_INPUT,
+    INFO_OUTPUTS,
+    INFO_SIGNATURE,
+    NUMERIC_OUTPUTS,
+    PREDICT_METHOD,
+    SIGNATURES,
+)
 
 # Callables from a batch to the four NUMERIC_OUTPUTS (float32, batch first).
 DetectFn = Callable[..., Mapping]

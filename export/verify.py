@@ -27,12 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detserve.export.parity import (
-    Tolerance,
-    compare_detections,
-    parity_rows,
-)
-from detserve.export.signatures import (
+from detserve.client.contract import (
     BYTES_SIGNATURE,
     CLASS_NAMES_OUTPUT,
     DEFAULT_SIGNATURE,
@@ -44,6 +39,11 @@ from detserve.export.signatures import (
     INFO_SIGNATURE,
     NUMERIC_OUTPUTS,
     SIGNATURES,
+)
+from detserve.export.parity import (
+    Tolerance,
+    compare_detections,
+    parity_rows,
 )
 
 LATENCY_BATCHES = (1, 8)

@@ -24,11 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from detserve.export.signatures import BYTES_SIGNATURE, DEFAULT_SIGNATURE, ENCODED_INPUT, IMAGES_INPUT
+from detserve.client.contract import (  # noqa: F401  (WARMUP_FILENAME re-exported)
+    BYTES_SIGNATURE,
+    DEFAULT_SIGNATURE,
+    ENCODED_INPUT,
+    IMAGES_INPUT,
+    MAX_WARMUP_RECORDS,
+    WARMUP_FILENAME,
+    warmup_path,
+)
 
-WARMUP_FILENAME = "tf_serving_warmup_requests"
-ASSETS_EXTRA = "assets.extra"
-MAX_WARMUP_RECORDS = 1000  # tensorflow_serving WarmupConsts::kMaxNumRecords
 FALLBACK_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 WARMUP_IMAGE_SIZE = 64
 
@@ -118,7 +123,7 @@ def write_warmup_file(version_path: Path | str, model_name: str, batch_sizes: Ba
 
     image = warmup_image(image_size)
     jpeg = encode_jpeg(image)
-    path = Path(version_path) / ASSETS_EXTRA / WARMUP_FILENAME
+    path = warmup_path(version_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     records = 0
     with tf.io.TFRecordWriter(str(path)) as writer:

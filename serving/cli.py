@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from detserve.client.contract import MAX_IMAGE_PIXELS, MAX_MESSAGE_BYTES
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
 
@@ -49,9 +51,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports Te
 @click.option("--allow-version-labels-for-unavailable-models", is_flag=True,
               help="Accept new labels that point at versions not loaded yet (needed for labelled configs at start).")
 @click.option("--rest-api-timeout-in-ms", default=30000, show_default=True, help="REST predict timeout (0: none).")
-@click.option("--max-message-bytes", default=64 * 1024 * 1024, show_default=True,
+@click.option("--max-message-bytes", default=MAX_MESSAGE_BYTES, show_default=True,
               help="Largest gRPC message / REST body accepted.")
-@click.option("--max-image-pixels", default=4096 * 4096, show_default=True,
+@click.option("--max-image-pixels", default=MAX_IMAGE_PIXELS, show_default=True,
               help="Largest image (height x width) accepted, as a tensor or as encoded bytes.")
 @click.option("--tensorflow-intra-op-parallelism", default=0, show_default=True, help="0: TensorFlow's default.")
 @click.option("--tensorflow-inter-op-parallelism", default=0, show_default=True, help="0: TensorFlow's default.")

@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from detserve.client.contract import SIGNATURE_DEF_FIELD
 from detserve.serving.errors import Code, ServingError, from_exception, invalid_argument, unimplemented
 from detserve.serving.manager import ModelManager, VersionStatus
 from detserve.serving.metrics import ServingMetrics
@@ -31,7 +32,6 @@ from detserve.serving.tensors import from_ndarray
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_DEF = "signature_def"
 
 
 def _spec_version(spec) -> tuple[int | None, str | None]:
@@ -58,7 +58,7 @@ def model_metadata(core: PredictionCore, request: get_model_metadata_pb2.GetMode
     if not request.metadata_field:
         raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
     for field in request.metadata_field:
-        if field != SIGNATURE_DEF:
+        if field != SIGNATURE_DEF_FIELD:
             raise invalid_argument(f"Metadata field {field} is not supported")
     version, label = _spec_version(request.model_spec)
     with core.acquire(request.model_spec.name, version, label) as handle:
@@ -67,7 +67,7 @@ def model_metadata(core: PredictionCore, request: get_model_metadata_pb2.GetMode
         response.model_spec.version.value = handle.version
         packed = any_pb2.Any()
         packed.Pack(handle.servable.signature_defs)
-        response.metadata[SIGNATURE_DEF].CopyFrom(packed)
+        response.metadata[SIGNATURE_DEF_FIELD].CopyFrom(packed)
     return response
 
 

@@ -20,15 +20,16 @@ from dataclasses import dataclass
 import numpy as np
 from tensorflow.core.framework import types_pb2
 
+from detserve.client.contract import DEFAULT_SIGNATURE, MAX_IMAGE_PIXELS, PREDICT_METHOD
 from detserve.serving.batching import BatchScheduler, shape_key
 from detserve.serving.errors import ServingError, failed_precondition, invalid_argument
 from detserve.serving.manager import Handle, ModelManager
-from detserve.serving.servable import DEFAULT_SIGNATURE, PREDICT_METHOD, Servable, Signature
+from detserve.serving.servable import Servable, Signature
 from detserve.serving.tensors import dtype_enum_of, dtype_name, short_dtype_name, to_ndarray
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+DEFAULT_MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
 
 

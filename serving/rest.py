@@ -25,6 +25,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
+from detserve.client.contract import SIGNATURE_DEF_FIELD
 from detserve.serving import rest_json
 from detserve.serving.errors import Code, ServingError, from_exception, invalid_argument, unimplemented
 from detserve.serving.grpc_service import fill_version_status, model_metadata
@@ -68,10 +69,10 @@ def _metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) ->
     """HttpRestApiHandler's metadata JSON: model_spec and the unpacked SignatureDefMap, proto field names."""
     options = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
     signature_defs = get_model_metadata_pb2.SignatureDefMap()
-    response.metadata["signature_def"].Unpack(signature_defs)
+    response.metadata[SIGNATURE_DEF_FIELD].Unpack(signature_defs)
     document = {
         "model_spec": json_format.MessageToDict(response.model_spec, **options),
-        "metadata": {"signature_def": json_format.MessageToDict(signature_defs, **options)},
+        "metadata": {SIGNATURE_DEF_FIELD: json_format.MessageToDict(signature_defs, **options)},
     }
     return json.dumps(document, indent=1).encode()
 
@@ -129,7 +130,7 @@ class RestApi:
         return _json_response(_status_json(response))
 
     def _metadata(self, name: str, version: int | None, label: str | None) -> web.Response:
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=[SIGNATURE_DEF_FIELD])
         request.model_spec.name = name
         if version is not None:
             request.model_spec.version.value = version

@@ -17,14 +17,9 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 
+from detserve.client.contract import MAX_WARMUP_RECORDS, SERVE_TAG, warmup_path
 from detserve.serving.errors import Code, code_from_value, failed_precondition, from_exception
 from detserve.serving.tensors import dtype_name
-
-PREDICT_METHOD = "tensorflow/serving/predict"
-SERVE_TAG = "serve"
-DEFAULT_SIGNATURE = "serving_default"
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-MAX_WARMUP_RECORDS = 1000  # TF Serving's WarmupConsts::kMaxNumRecords
 
 
 class LoadError(Exception):
@@ -158,7 +153,7 @@ class Servable:
         """The PredictionLogs of ``assets.extra/tf_serving_warmup_requests`` (none if the file is absent)."""
         import tensorflow as tf
 
-        path = self.path / WARMUP_FILE
+        path = warmup_path(self.path)
         if not path.is_file():
             return []
         records = []

@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
+from detserve.client.contract import MAX_MESSAGE_BYTES
 from detserve.serving.batching import BatchScheduler
 from detserve.serving.config import BatchingOptions
 from detserve.serving.grpc_service import add_services
@@ -32,7 +33,7 @@ from detserve.serving.rest import RestApi
 
 log = logging.getLogger("detserve.serving")
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = MAX_MESSAGE_BYTES
 
 
 @dataclass

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from detserve.client.contract import warmup_path
+
 MAX_DETECTIONS = 100
 CLASS_NAMES = ("mask", "no_mask", "incorrect_mask")
 
@@ -153,7 +155,7 @@ def write_warmup(version_dir: Path | str, batch_sizes: Sequence[int] = (1, 2), m
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-    path = Path(version_dir) / "assets.extra" / "tf_serving_warmup_requests"
+    path = warmup_path(version_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
         for size in batch_sizes:

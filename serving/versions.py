@@ -1,7 +1,8 @@
 """Which versions of a model the server should serve: the repository scan and the version policy.
 
 As TF Serving's file-system source: every child directory of ``base_path`` whose name is a non-negative integer
-is a version (``00007`` is version 7; hidden ``.tmp-export-*`` directories and files are ignored). The policy
+is a version (``00007`` is version 7; hidden ``.tmp-export-*`` directories and files are ignored; the rule is
+detserve.client.contract.version_dirs). The policy
 (``ModelConfig.model_version_policy``) picks the *aspired* versions among them:
 
 - ``latest { num_versions: N }`` (the default, N=1): the N highest version numbers present;
@@ -12,11 +13,10 @@ is a version (``00007`` is version 7; hidden ``.tmp-export-*`` directories and f
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-_VERSION = re.compile(r"[0-9]+")
+from detserve.client.contract import version_dirs
 
 
 class ScanError(OSError):
@@ -24,10 +24,11 @@ class ScanError(OSError):
 
 
 def scan_versions(base_path: Path | str) -> dict[int, Path]:
-    """``{version: directory}`` under ``base_path``. Raises ScanError if base_path cannot be listed."""
+    """``{version: directory}`` under ``base_path`` (detserve.client.contract.version_dirs). Raises ScanError
+    if base_path cannot be listed."""
     base_path = Path(base_path)
     try:
-        entries = list(os.scandir(base_path))
+        return version_dirs(base_path)
     except FileNotFoundError:
         raise ScanError(f"No versions of servable found under base path {base_path}: "
                         "the directory does not exist") from None
@@ -35,20 +36,6 @@ def scan_versions(base_path: Path | str) -> dict[int, Path]:
         raise ScanError(f"base path {base_path} is not a directory") from None
     except OSError as error:
         raise ScanError(f"cannot list base path {base_path}: {error}") from None
-    versions: dict[int, Path] = {}
-    for entry in entries:
-        if not _VERSION.fullmatch(entry.name):
-            continue
-        try:
-            if not entry.is_dir():
-                continue
-        except OSError:
-            continue
-        version = int(entry.name)
-        # Two spellings of one number ("7" and "007"): keep the canonical one, as an export never writes both.
-        if version not in versions or entry.name == str(version):
-            versions[version] = Path(entry.path)
-    return versions
 
 
 @dataclass(frozen=True)

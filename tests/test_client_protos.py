@@ -340,7 +340,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
 import numpy as np
-import detserve.client, detserve.client.cli, detserve.client.draw
+import detserve.client, detserve.client.cli, detserve.client.draw, detserve.client.contract
 from detserve.client.detector import _Core
 from detserve.client.tensors import make_tensor_proto
 core = _Core('grpc://localhost:8500', 'detector', None, 'canary', encoding='auto', signature=None,

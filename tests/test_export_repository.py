@@ -36,8 +36,12 @@ def test_versions_are_the_integer_directories(tmp_path):
     assert repo.list_versions(tmp_path / "missing") == [] and repo.next_version(tmp_path / "missing") == 1
     make_versions(tmp_path, "1", "3", "10", ".tmp-export-1-ab", "latest", "0")
     (tmp_path / "11").write_text("a file, not a version")
-    assert repo.list_versions(tmp_path) == [1, 3, 10]
+    # TF Serving loads 0 too (any int64 name): the repository lists what the server would see.
+    assert repo.list_versions(tmp_path) == [0, 1, 3, 10]
     assert repo.next_version(tmp_path) == 11
+    only_zero = tmp_path / "only-zero"
+    make_versions(only_zero, "0")
+    assert repo.next_version(only_zero) == 1  # exports write positive versions
 
 
 def test_an_existing_version_is_refused(tmp_path):

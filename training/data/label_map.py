@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from detserve.client.contract import LABEL_ID_OFFSET
+
 _ITEM = re.compile(r"item\s*\{(?P<body>[^{}]*)\}", re.S)
 _FIELD = re.compile(r"(?P<key>\w+)\s*:\s*(?P<value>'[^']*'|\"[^\"]*\"|[-\w.]+)")
 
@@ -21,7 +23,7 @@ def write_label_map(class_names: list[str], path: Path | str) -> dict[int, str]:
     """Write ``class_names`` with ids 1..N (0 is TFOD2's background). Returns {id: name}."""
     if len(set(class_names)) != len(class_names):
         raise LabelMapError(f"duplicate class names in {class_names}")
-    id_to_name = {index + 1: name for index, name in enumerate(class_names)}
+    id_to_name = {index + LABEL_ID_OFFSET: name for index, name in enumerate(class_names)}
     text = "".join(f"item {{\n  id: {i}\n  name: '{name}'\n}}\n" for i, name in id_to_name.items())
     Path(path).write_text(text)
     return id_to_name

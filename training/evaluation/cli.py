@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
+from detserve.client.contract import LABEL_MAP_FILENAME, label_map_file
 from detserve.training.logs import quiet_tensorflow
 
 quiet_tensorflow()
 
 DEFAULT_SPLIT = "test"
-LABEL_MAP_FILENAME = "label_map.pbtxt"
 
 
 def _eval_input_from_pipeline(pipeline_config: Path) -> tuple[str, str]:
@@ -135,7 +135,7 @@ def _saved_model_setup(saved_model: Path, data: Path | None, split: str | None, 
     pattern, data_label_map = _data_and_label_map(data, split, None)
     if label_map is None:
         # An exported model carries its label map; fall back to the data's.
-        bundled = saved_model / "assets" / LABEL_MAP_FILENAME
+        bundled = label_map_file(saved_model)
         label_map = bundled if bundled.is_file() else data_label_map
 
     def make_predictor():

@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from detserve.client.contract import DEFAULT_SIGNATURE, LABEL_ID_OFFSET, NUMERIC_OUTPUTS
 from detserve.training.checkpoints import latest_checkpoint, resolve_checkpoint  # noqa: F401  (public here too)
 
 Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]
-OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
-# TFOD2's postprocess numbers classes from 0 (background removed); label maps start at 1.
-LABEL_ID_OFFSET = 1
 
 
 def _check_image(images: np.ndarray) -> np.ndarray:
@@ -140,7 +138,7 @@ def _encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def saved_model_predictor(path: Path | str, signature: str = "serving_default") -> Predictor:
+def saved_model_predictor(path: Path | str, signature: str = DEFAULT_SIGNATURE) -> Predictor:
     """An exported SavedModel's signature, with plain TensorFlow (no object_detection import).
 
     The signature's single input is fed whatever its name: the uint8 image as is (TFOD2's
@@ -171,9 +169,9 @@ def saved_model_predictor(path: Path | str, signature: str = "serving_default") 
             value = tf.constant(images, dtype=spec.dtype)
         # `loaded` is referenced here so the restored variables outlive this function's creation.
         outputs = loaded.signatures[signature](**{input_name: value})
-        missing = [key for key in OUTPUT_KEYS if key not in outputs]
+        missing = [key for key in NUMERIC_OUTPUTS if key not in outputs]
         if missing:
             raise ValueError(f"signature {signature!r} of {path} returns {sorted(outputs)}; missing {missing}")
-        return {key: outputs[key].numpy() for key in OUTPUT_KEYS}
+        return {key: outputs[key].numpy() for key in NUMERIC_OUTPUTS}
 
     return predict

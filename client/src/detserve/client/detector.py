@@ -12,9 +12,19 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .contract import (
+    CLASS_NAMES_OUTPUT,
+    DETECTION_BOXES,
+    DETECTION_CLASSES,
+    DETECTION_OUTPUTS,
+    DETECTION_SCORES,
+    NUM_DETECTIONS,
+    NUMERIC_OUTPUTS,
+    SIGNATURE_DEF_FIELD,
+)
 from .errors import DeadlineExceeded, DetserveClientError, InvalidInput, ModelNotFound, ServerUnavailable
 from .images import ImageInput, LoadedImage, ResizeMethod, encode_image, load_image, resize_bilinear
-from .metadata import DETECTION_OUTPUTS, ModelMetadata, ModelStatus, Signature
+from .metadata import ModelMetadata, ModelStatus, Signature
 from .protos import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 from .retry import NO_RETRY, RetryPolicy, acall_with_retry, call_with_retry
 from .tensors import json_to_ndarray, make_ndarray, make_tensor_proto
@@ -30,7 +40,6 @@ from .transport import (
 
 __all__ = ["Box", "Detection", "Detector", "AsyncDetector", "ENCODINGS"]
 
-CLASS_NAMES_OUTPUT = "detection_class_names"
 ENCODINGS = ("auto", "raw", "jpeg", "png")
 
 
@@ -129,7 +138,7 @@ class _Core:
             spec.signature_name = signature_name
 
     def metadata_request(self):
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=[SIGNATURE_DEF_FIELD])
         self.fill_spec(request.model_spec)
         return request
 
@@ -234,18 +243,18 @@ class _Core:
         return loaded, chunks
 
     def output_filter(self, signature: Signature) -> list[str]:
-        return [key for key in (*DETECTION_OUTPUTS, CLASS_NAMES_OUTPUT) if key in signature.outputs]
+        return [key for key in DETECTION_OUTPUTS if key in signature.outputs]
 
     def detections(self, outputs: dict[str, np.ndarray], row: int, image: LoadedImage, score_threshold: float,
                    max_detections: int | None, class_names: dict[int, str] | None) -> list[Detection]:
-        missing = [key for key in DETECTION_OUTPUTS if key not in outputs]
+        missing = [key for key in NUMERIC_OUTPUTS if key not in outputs]
         if missing:
             raise DetserveClientError(f"{self.describe()} answered without {missing} (got {sorted(outputs)})",
                                       code="BAD_RESPONSE", server=str(self.address))
-        boxes = np.asarray(outputs["detection_boxes"][row], dtype=np.float64)
-        scores = np.asarray(outputs["detection_scores"][row], dtype=np.float64)
-        classes = np.asarray(outputs["detection_classes"][row], dtype=np.float64)
-        count = min(int(round(float(outputs["num_detections"][row]))), len(scores))
+        boxes = np.asarray(outputs[DETECTION_BOXES][row], dtype=np.float64)
+        scores = np.asarray(outputs[DETECTION_SCORES][row], dtype=np.float64)
+        classes = np.asarray(outputs[DETECTION_CLASSES][row], dtype=np.float64)
+        count = min(int(round(float(outputs[NUM_DETECTIONS][row]))), len(scores))
         names = outputs.get(CLASS_NAMES_OUTPUT)
         width, height = image.size
         result = []

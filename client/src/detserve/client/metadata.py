@@ -1,6 +1,6 @@
 """What the client learns from TF Serving's GetModelMetadata and GetModelStatus (never hard-coded).
 
-The detserve export contract (detserve.export.signatures, docs/export.md):
+The detserve export contract (detserve.client.contract, docs/export.md):
 
 - ``serving_default``: ``images`` uint8 [B, H, W, 3] -> detections;
 - ``serving_bytes``: ``encoded_images`` string [B] (JPEG/PNG) -> detections;
@@ -17,14 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .contract import (
+    DEFAULT_SIGNATURE,
+    INFO_SIGNATURE,
+    NUMERIC_OUTPUTS,
+    SIGNATURE_DEF_FIELD,
+    SIGNATURE_DEF_MAP_TYPE_URL,
+    is_internal_signature,
+)
 from .protos import get_model_metadata_pb2, get_model_status_pb2, types_pb2
 
 __all__ = ["TensorSpec", "Signature", "ModelMetadata", "ModelStatus", "VersionStatus"]
-
-SIGNATURE_DEF_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
-INFO_SIGNATURE = "model_info"
-DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
-
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -49,7 +52,7 @@ class Signature:
 
     @property
     def is_detection(self) -> bool:
-        return all(key in self.outputs for key in DETECTION_OUTPUTS) and len(self.inputs) == 1
+        return all(key in self.outputs for key in NUMERIC_OUTPUTS) and len(self.inputs) == 1
 
     @property
     def input(self) -> TensorSpec:
@@ -83,15 +86,15 @@ class ModelMetadata:
 
     @classmethod
     def from_proto(cls, response: get_model_metadata_pb2.GetModelMetadataResponse) -> ModelMetadata:
-        if "signature_def" not in response.metadata:
+        if SIGNATURE_DEF_FIELD not in response.metadata:
             raise ValueError("GetModelMetadata returned no signature_def")
-        packed = response.metadata["signature_def"]
-        if packed.type_url.split("/")[-1] != "tensorflow.serving.SignatureDefMap":
+        packed = response.metadata[SIGNATURE_DEF_FIELD]
+        if packed.type_url.split("/")[-1] != SIGNATURE_DEF_MAP_TYPE_URL.split("/")[-1]:
             raise ValueError(f"unexpected signature_def type {packed.type_url!r}")
         signature_map = get_model_metadata_pb2.SignatureDefMap.FromString(packed.value)
         signatures = {}
         for name, definition in signature_map.signature_def.items():
-            if name == "__saved_model_init_op":
+            if is_internal_signature(name):
                 continue
             signatures[name] = Signature(
                 name, definition.method_name,
@@ -105,7 +108,7 @@ class ModelMetadata:
     def _find(self, dtype: str, rank: int) -> Signature | None:
         candidates = [s for s in self.signatures.values() if s.is_detection and s.input.dtype == dtype
                       and (s.input.shape is None or len(s.input.shape) == rank)]
-        candidates.sort(key=lambda s: (s.name != "serving_default", s.name))
+        candidates.sort(key=lambda s: (s.name != DEFAULT_SIGNATURE, s.name))
         return candidates[0] if candidates else None
 
     @property

@@ -19,6 +19,7 @@ import requests
 from google.protobuf import json_format
 from requests.adapters import HTTPAdapter
 
+from .contract import MAX_MESSAGE_BYTES, SIGNATURE_DEF_FIELD, SIGNATURE_DEF_MAP_TYPE_URL
 from .errors import (
     DeadlineExceeded,
     DetserveClientError,
@@ -41,7 +42,7 @@ __all__ = ["ServerAddress", "parse_server", "GrpcTransport", "AsyncGrpcTransport
 
 DEFAULT_GRPC_PORT = 8500
 DEFAULT_REST_PORT = 8501
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = MAX_MESSAGE_BYTES
 
 _SCHEMES = {"grpc": ("grpc", False), "grpcs": ("grpc", True), "http": ("rest", False), "https": ("rest", True)}
 
@@ -285,12 +286,12 @@ def parse_rest_metadata(payload: dict) -> get_model_metadata_pb2.GetModelMetadat
     if "model_spec" in payload:
         json_format.ParseDict(payload["model_spec"], response.model_spec, ignore_unknown_fields=True,
                               descriptor_pool=POOL)
-    signature_json = dict((payload.get("metadata") or {}).get("signature_def") or {})
+    signature_json = dict((payload.get("metadata") or {}).get(SIGNATURE_DEF_FIELD) or {})
     signature_json.pop("@type", None)
     signature_map = json_format.ParseDict(signature_json, get_model_metadata_pb2.SignatureDefMap(),
                                           ignore_unknown_fields=True, descriptor_pool=POOL)
-    packed = response.metadata["signature_def"]
-    packed.type_url = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+    packed = response.metadata[SIGNATURE_DEF_FIELD]
+    packed.type_url = SIGNATURE_DEF_MAP_TYPE_URL
     packed.value = signature_map.SerializeToString()
     return response
 
