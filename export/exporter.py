@@ -184,15 +184,20 @@ def _pipeline_num_classes(pipeline_config: Path | str) -> int | None:
     return int(getattr(model, model.WhichOneof("model")).num_classes)
 
 
-def pipeline_nms(pipeline_config: Path | str) -> tuple[float | None, bool]:
-    """(IoU threshold, class-agnostic) of the model's non-max suppression, from pipeline.config."""
+def pipeline_nms(pipeline_config: Path | str | None) -> tuple[float | None, bool, float]:
+    """(IoU threshold, class-agnostic, score threshold) of the model's non-max suppression, from pipeline.config;
+    (None, False, 0.0) when there is no config or it names no NMS (the comparison then assumes TFOD2's SSD 0.6)."""
+    if pipeline_config is None:
+        return None, False, 0.0
     from detserve.training.pipeline_config import load_pipeline_config
 
     model = load_pipeline_config(pipeline_config).model
-    meta = getattr(model, model.WhichOneof("model"))
-    post = meta.post_processing if hasattr(meta, "post_processing") else meta.second_stage_post_processing
+    meta = getattr(model, model.WhichOneof("model") or "", None)
+    post = getattr(meta, "post_processing", None) or getattr(meta, "second_stage_post_processing", None)
+    if post is None or not post.HasField("batch_non_max_suppression"):
+        return None, False, 0.0
     nms = post.batch_non_max_suppression
-    return float(nms.iou_threshold), bool(nms.use_class_agnostic_nms)
+    return float(nms.iou_threshold), bool(nms.use_class_agnostic_nms), float(nms.score_threshold)
 
 
 def _pipeline_paths(pipeline_config: Path | str) -> tuple[str | None, str | None]:
@@ -253,7 +258,7 @@ def with_resized_copies(images: list[np.ndarray], size: tuple[int, int] | None) 
 
     height, width = size or (320, 320)
     return list(images) + [np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-                           for image in images]
+                           for image in images if image.shape[:2] != (height, width)]
 
 
 def sample_images(eval_pattern: str | None, count: int = NUM_SAMPLES) -> tuple[list[np.ndarray], str]:
@@ -269,8 +274,11 @@ def sample_images(eval_pattern: str | None, count: int = NUM_SAMPLES) -> tuple[l
                 images.append(example.image)
                 if len(images) == count:
                     break
-            if images:
+            if len(images) == count:
                 return images, f"{len(images)} images of {eval_pattern}"
+            if images:  # too few for a batch of distinct images: topped up
+                extra = count - len(images)
+                return images + synthetic_samples(extra), f"{len(images)} images of {eval_pattern} and {extra} synthetic"
     return synthetic_samples(count), f"{count} synthetic images"
 
 
@@ -303,7 +311,11 @@ def checkpoint_builder(pipeline_config: Path, checkpoint: Path | str, label_map_
         import tensorflow as tf
 
         from detserve.export.signatures import build_module, checkpoint_detect_fns
-        from detserve.training.evaluation.predictors import checkpoint_mismatch, restore_detection_model
+        from detserve.training.evaluation.predictors import (
+            checkpoint_mismatch,
+            exporter_path_detect,
+            restore_detection_model,
+        )
 
         config_label_map, eval_pattern = _pipeline_paths(pipeline_config)
         chosen = label_map_path or (Path(config_label_map) if config_label_map else None)
@@ -330,9 +342,11 @@ def checkpoint_builder(pipeline_config: Path, checkpoint: Path | str, label_map_
         samples, described = sample_images(eval_pattern)
         samples = with_resized_copies(samples, input_size)
         echo(f"reference detections of the checkpoint model on {described} and their resized copies")
-        reference = [_numpy(module.serving_default(tf.constant(image[np.newaxis]))) for image in samples]
-        tolerance = measure_tolerance(lambda batch: _numpy(module.serving_default(tf.constant(batch))), samples,
-                                      reference, *pipeline_nms(pipeline_config))
+        # The source is the restored model on TFOD2's exporter path, not detserve's signatures around it.
+        source = exporter_path_detect(model)
+        reference = [_numpy(source(tf.constant(image[np.newaxis]))) for image in samples]
+        tolerance = measure_tolerance(lambda batch: _numpy(source(tf.constant(batch))), samples, reference,
+                                      *pipeline_nms(pipeline_config))
         echo("saving the SavedModel")
         tf.saved_model.save(module, str(staged), signatures=signatures)
         return BuiltModel(source=f"checkpoint {checkpoint_name} + {pipeline_config}",
@@ -357,6 +371,23 @@ def find_pipeline_config(saved_model: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def source_tolerance(source, samples: list[np.ndarray], reference: list[dict[str, np.ndarray]],
+                     nms: tuple[float | None, bool, float]) -> Tolerance:
+    """The adopted SavedModel's own batch-vs-single spread (its signature, not detserve's wrapper around it). A
+    source fixed at batch 1 runs batches one image at a time: nothing to measure, the floor applies."""
+    import tensorflow as tf
+
+    if source.batch_mapped:
+        return Tolerance.from_spread(0.0, 0.0, *nms)
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        if source.kind == "encoded":
+            return _numpy(source(tf.constant([tf.io.encode_png(image).numpy() for image in batch])))
+        return _numpy(source(tf.constant(batch)))
+
+    return measure_tolerance(run, samples, reference, *nms)
 
 
 def saved_model_builder(source_dir: Path, label_map_path: Path | None, pipeline_config: Path | None,
@@ -427,8 +458,7 @@ def saved_model_builder(source_dir: Path, label_map_path: Path | None, pipeline_
         for image in samples:
             value = tf.io.encode_png(image)[tf.newaxis] if source.kind == "encoded" else tf.constant(image[np.newaxis])
             reference.append(_numpy(source(value)))
-        tolerance = measure_tolerance(lambda batch: _numpy(module.serving_default(tf.constant(batch))), samples,
-                                      reference, *(pipeline_nms(config) if config is not None else (None, False)))
+        tolerance = source_tolerance(source, samples, reference, pipeline_nms(config))
         echo("saving the SavedModel")
         tf.saved_model.save(module, str(staged), signatures=signatures)
         return BuiltModel(source=f"SavedModel {saved_model} (signature {signature!r})", label_map=label_map,

@@ -54,24 +54,26 @@ class Tolerance:
     box: float = DEFAULT_TOLERANCE
     nms_iou_threshold: float = DEFAULT_NMS_IOU
     class_agnostic_nms: bool = False
+    nms_score_threshold: float = 0.0  # the model drops detections below it: a cut like the floor
     score_spread: float | None = None  # the measured noise the tolerances were derived from
     box_spread: float | None = None
 
     @classmethod
     def from_spread(cls, score_spread: float, box_spread: float, nms_iou_threshold: float | None = None,
-                    class_agnostic_nms: bool = False) -> Tolerance:
+                    class_agnostic_nms: bool = False, nms_score_threshold: float = 0.0) -> Tolerance:
         return cls(score=max(MARGIN * score_spread, MIN_TOLERANCE), box=max(MARGIN * box_spread, MIN_TOLERANCE),
                    nms_iou_threshold=DEFAULT_NMS_IOU if nms_iou_threshold is None else float(nms_iou_threshold),
-                   class_agnostic_nms=class_agnostic_nms, score_spread=float(score_spread),
-                   box_spread=float(box_spread))
+                   class_agnostic_nms=class_agnostic_nms, nms_score_threshold=float(nms_score_threshold),
+                   score_spread=float(score_spread), box_spread=float(box_spread))
 
     def problem(self) -> str:
         """Why these tolerances are too loose to verify anything, or ""."""
         if max(self.score, self.box) <= MAX_TOLERANCE:
             return ""
-        return (f"the source model's own batch-vs-single spread (score {self.score_spread:.2e}, box "
-                f"{self.box_spread:.2e}) gives tolerances score {self.score:.2e}, box {self.box:.2e}, above "
-                f"{MAX_TOLERANCE}: too loose to tell a defect from rounding")
+        measured = (f"the source model's own batch-vs-single spread (score {self.score_spread:.2e}, box "
+                    f"{self.box_spread:.2e}) gives " if self.score_spread is not None else "")
+        return (f"{measured}tolerances score {self.score:.2e}, box {self.box:.2e}, above {MAX_TOLERANCE}: too loose "
+                "to tell a defect from rounding")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -235,7 +237,7 @@ def compare_detections(reference: Mapping[str, np.ndarray], candidate: Mapping[s
 
     def cut(side: Detections, other: Detections, k: int, start: float) -> bool:
         """Within the tolerance of the floor, or of the lowest score of the other side's full output."""
-        if side.scores[k] <= start + tolerance.score:
+        if side.scores[k] <= max(start, tolerance.nms_score_threshold) + tolerance.score:
             return True
         return len(other) == other.slots and side.scores[k] <= float(other.scores.min()) + tolerance.score
 
@@ -245,7 +247,9 @@ def compare_detections(reference: Mapping[str, np.ndarray], candidate: Mapping[s
         for k in np.flatnonzero(mask):
             if cut(side, other, k, start):
                 mask[k] = False
-    # NMS flips, to a fixed point: explaining one detection may explain the one it suppresses.
+    # NMS flips, to a fixed point: explaining one detection may explain the one it suppresses. Not excused: two
+    # overlapping detections of near-equal score that each side resolves the other way, which looks exactly like
+    # one box moved (a defect); verification fails closed on it.
     explained_ref, explained_cand = np.zeros(len(ref), bool), np.zeros(len(cand), bool)
     changed = True
     while changed:
@@ -297,7 +301,9 @@ def diagnose(ref: Detections, cand: Detections, lowest: float, tolerance: Tolera
             return (f"{len(loose)} of {compared} detections overlap their counterpart (IoU >= 0.5) but move by up "
                     f"to {box:.3f} in box and {score:.3f} in score: the model saw another image than the source "
                     "did (a different resize, colour order or preprocessing?)")
-    return f"{len(loose)} of {compared} detections have a counterpart even loosely: a different image or model?"
+    if len(loose) < compared // 2:
+        return f"only {len(loose)} of {compared} detections have a counterpart even loosely: a different image or model?"
+    return ""
 
 
 def parity_group(images: Sequence[np.ndarray]) -> list[int]:
@@ -311,6 +317,8 @@ def parity_group(images: Sequence[np.ndarray]) -> list[int]:
 def parity_rows(images: Sequence[np.ndarray], size: int = PARITY_BATCH) -> list[int]:
     """The images of the parity batch, by index: the equal-shape group repeated to ``size`` rows."""
     group = parity_group(images)
+    if len(group) == 2:  # a a a b a b b b: no roll or reversal of it maps every row onto its own image
+        return [group[bit] for bit in (0, 0, 0, 1, 0, 1, 1, 1)][:size]
     # a b c d | b c d a: rotated on each pass, so neither reversing nor rolling the rows maps every image
     # onto a row of itself
     return [group[(k + k // len(group)) % len(group)] for k in range(size)] if group else []

@@ -215,7 +215,8 @@ def prune(model_dir: Path | str, keep: int, references: ServingReferences | None
     model_dir = Path(model_dir)
     references = references or ServingReferences()
     with locked(model_dir):
-        versions = list_versions(model_dir)
+        directories = version_dirs(model_dir)  # as spelled on disk ("007")
+        versions = sorted(directories)
         newest = set(versions[-keep:])
         removed, protected = [], {}
         for version in versions:
@@ -226,7 +227,7 @@ def prune(model_dir: Path | str, keep: int, references: ServingReferences | None
                 continue
             # Disappear atomically (rename), then delete at leisure.
             doomed = model_dir / f"{PRUNE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
-            os.rename(version_dir(model_dir, version), doomed)
+            os.rename(directories[version], doomed)
             shutil.rmtree(doomed, ignore_errors=True)
             removed.append(version)
     return PruneResult(removed=removed, kept=list_versions(model_dir), protected=protected)

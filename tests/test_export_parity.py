@@ -182,3 +182,24 @@ def test_parity_rows_put_every_equal_size_image_in_rows_that_reordering_moves():
 def test_detections_read_only_the_valid_slots():
     detections = Detections.of(outputs([(3, 0.9, A)], slots=5))
     assert len(detections) == 1 and detections.slots == 5 and detections.classes.tolist() == [3]
+
+
+def test_the_model_s_own_score_threshold_is_a_cut():
+    kept = outputs([(1, 0.9, A), (2, 0.30005, B)])
+    dropped = outputs([(1, 0.9, A)])
+    assert not compare_detections(kept, dropped, tolerance=TIGHT)["ok"]
+    thresholded = Tolerance(score=1e-4, box=1e-4, nms_score_threshold=0.3)
+    assert compare_detections(kept, dropped, tolerance=thresholded)["ok"]
+
+
+def test_a_tolerance_without_a_measurement_still_explains_itself():
+    assert "too loose" in Tolerance(score=0.05).problem()
+
+
+@pytest.mark.parametrize("distinct", [2, 3, 4, 5, 8])
+def test_no_reordering_of_the_parity_batch_keeps_every_row_on_its_image(distinct):
+    rows = parity_rows([np.zeros((4, 4, 3))] * distinct)
+    orders = [rows[k:] + rows[:k] for k in range(1, len(rows))]
+    reversed_rows = rows[::-1]
+    orders += [reversed_rows[k:] + reversed_rows[:k] for k in range(len(rows))]
+    assert len(set(rows)) == distinct and all(order != rows for order in orders)

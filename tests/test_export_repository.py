@@ -44,6 +44,22 @@ def test_versions_are_the_integer_directories(tmp_path):
     assert repo.next_version(only_zero) == 1  # exports write positive versions
 
 
+def test_prune_removes_versions_as_spelled_on_disk(tmp_path):
+    make_versions(tmp_path, "007", "8", "9")
+    result = repo.prune(tmp_path, keep=2)
+    assert result.removed == [7] and sorted(p.name for p in tmp_path.iterdir()) == ["8", "9"]
+
+
+def test_resized_copies_skip_images_already_at_the_input_size():
+    import numpy as np
+
+    from detserve.export.exporter import with_resized_copies
+
+    images = [np.zeros((32, 32, 3), np.uint8), np.zeros((20, 40, 3), np.uint8)]
+    copies = with_resized_copies(images, (32, 32))
+    assert [c.shape for c in copies] == [(32, 32, 3), (20, 40, 3), (32, 32, 3)]
+
+
 def test_an_existing_version_is_refused(tmp_path):
     make_versions(tmp_path, "02")
     with pytest.raises(repo.RepositoryError, match="version 2 already exists"):

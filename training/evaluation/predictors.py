@@ -76,6 +76,20 @@ def detections_from_preprocessed(model, preprocessed, true_shapes) -> dict:
     }
 
 
+def exporter_path_detect(model):
+    """A tf.function uint8 [B, H, W, 3] -> detections running ``model`` the way TFOD2's exporter wraps it
+    (float pixels -> model.preprocess (resize, normalise) -> predict -> postprocess). Evaluation uses it, and
+    the export computes its reference detections with it (independently of detserve's signatures)."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    def detect(images):
+        preprocessed, true_shapes = model.preprocess(tf.cast(images, tf.float32))
+        return detections_from_preprocessed(model, preprocessed, true_shapes)
+
+    return detect
+
+
 def checkpoint_mismatch(prefix: str, pipeline_config_path: Path | str, error: Exception) -> ValueError:
     """The error for a checkpoint that does not fit the model of a pipeline.config."""
     return ValueError(
@@ -94,12 +108,7 @@ def checkpoint_predictor(pipeline_config_path: Path | str, checkpoint_path: Path
     import tensorflow as tf
 
     model, status, prefix = restore_detection_model(pipeline_config_path, checkpoint_path)
-
-    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)])
-    def detect(images):
-        # The exporter's path: float pixels -> model.preprocess (resize, normalise) -> predict -> postprocess.
-        preprocessed, true_shapes = model.preprocess(tf.cast(images, tf.float32))
-        return detections_from_preprocessed(model, preprocessed, true_shapes)
+    detect = exporter_path_detect(model)
 
     verified = False
 

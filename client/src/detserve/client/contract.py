@@ -1,4 +1,4 @@
-"""The contract between export, serving, the client and evaluation, stated once (no TensorFlow, no I/O libraries).
+"""The contract between export, serving, the client and evaluation, stated once (standard library only).
 
 What a detserve model version is on disk and what it answers: the signature and tensor names, the output keys,
 the label offset, the warmup file, the version directories and the server's default limits. Export writes to
