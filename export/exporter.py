@@ -667,7 +667,8 @@ def format_summary(result: ExportResult) -> str:
     if tolerance and tolerance.get("score_spread") is not None:
         lines.append(f"  tolerance   score {tolerance['score']:.1e}, box {tolerance['box']:.1e}: {MARGIN:g}x the source's own "
                      f"batch-vs-single spread on this machine (score {tolerance['score_spread']:.1e}, box "
-                     f"{tolerance['box_spread']:.1e}), at least {MIN_TOLERANCE:g}; NMS IoU threshold {tolerance['nms_iou_threshold']}")
+                     f"{tolerance['box_spread']:.1e}), at least {MIN_TOLERANCE:.0e}; NMS IoU threshold "
+                     f"{tolerance['nms_iou_threshold']:.3g}")
     latency = verification.get("latency_ms", {})
     if latency:
         image = verification.get("image_size", ["?", "?"])
