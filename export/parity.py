@@ -325,7 +325,8 @@ def parity_rows(images: Sequence[np.ndarray], size: int = PARITY_BATCH) -> list[
 
 
 def measure_tolerance(run, images: Sequence[np.ndarray], reference: Sequence[Mapping[str, np.ndarray]],
-                      nms_iou_threshold: float | None = None, class_agnostic_nms: bool = False) -> Tolerance:
+                      nms_iou_threshold: float | None = None, class_agnostic_nms: bool = False,
+                      nms_score_threshold: float = 0.0) -> Tolerance:
     """The tolerance for this model on this hardware: ``run`` (uint8 [B, H, W, 3] -> outputs) on each
     parity image inside a batch of PARITY_BATCH copies of itself, against its ``reference`` run alone."""
     score, box = 0.0, 0.0
@@ -335,4 +336,4 @@ def measure_tolerance(run, images: Sequence[np.ndarray], reference: Sequence[Map
         for row in range(PARITY_BATCH):
             row_score, row_box = spread(alone, Detections.of(batched, row))
             score, box = max(score, row_score), max(box, row_box)
-    return Tolerance.from_spread(score, box, nms_iou_threshold, class_agnostic_nms)
+    return Tolerance.from_spread(score, box, nms_iou_threshold, class_agnostic_nms, nms_score_threshold)

@@ -163,11 +163,11 @@ def test_measure_tolerance_runs_batches_of_copies_and_takes_the_largest_spread()
         rows["detection_scores"] = rows["detection_scores"] + np.float32(2e-5) * np.arange(len(batch))[:, None]
         return rows
 
-    tolerance = measure_tolerance(run, images, reference, 0.55, False)
+    tolerance = measure_tolerance(run, images, reference, 0.55, False, 0.3)
     assert seen == [(PARITY_BATCH, 4, 4, 3)] * 2  # the equal-size group, each as a batch of copies
     assert tolerance.score_spread == pytest.approx(7 * 2e-5, rel=1e-3)
     assert tolerance.score == pytest.approx(10 * 7 * 2e-5, rel=1e-3) and tolerance.box == MIN_TOLERANCE
-    assert tolerance.nms_iou_threshold == 0.55
+    assert (tolerance.nms_iou_threshold, tolerance.nms_score_threshold) == (0.55, 0.3)
 
 
 def test_parity_rows_put_every_equal_size_image_in_rows_that_reordering_moves():

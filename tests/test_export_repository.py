@@ -241,3 +241,19 @@ def test_export_is_a_detserve_subcommand():
 def test_invalid_model_name_is_refused(tmp_path):
     with pytest.raises(ExportError, match="plain directory name"):
         _export(failing_builder, tmp_path, "../up", None, None, [], [], None)
+
+
+def test_the_pipeline_s_nms_settings_reach_the_tolerance(tmp_path):
+    """pipeline.config's batch_non_max_suppression -> the arguments measure_tolerance takes."""
+    from detserve.export.exporter import pipeline_nms
+    from detserve.export.parity import measure_tolerance
+
+    config = tmp_path / "pipeline.config"
+    config.write_text("model { ssd { num_classes: 2 post_processing { batch_non_max_suppression {"
+                      " score_threshold: 0.3 iou_threshold: 0.5 use_class_agnostic_nms: true } } } }")
+    nms = pipeline_nms(config)
+    assert nms == pytest.approx((0.5, True, 0.3))
+    tolerance = measure_tolerance(lambda batch: {}, [], [], *nms)
+    assert (tolerance.nms_iou_threshold, tolerance.class_agnostic_nms) == (pytest.approx(0.5), True)
+    assert tolerance.nms_score_threshold == pytest.approx(0.3)
+    assert pipeline_nms(None) == (None, False, 0.0)
