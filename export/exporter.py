@@ -373,21 +373,22 @@ def find_pipeline_config(saved_model: Path) -> Path | None:
     return None
 
 
+def run_source(source, batch: np.ndarray) -> dict[str, np.ndarray]:
+    """An adopted SavedModel's own signature on uint8 images [B, H, W, 3] (PNG-encoded if it takes strings)."""
+    import tensorflow as tf
+
+    if source.kind == "encoded":
+        return _numpy(source(tf.constant([tf.io.encode_png(image).numpy() for image in batch])))
+    return _numpy(source(tf.constant(batch)))
+
+
 def source_tolerance(source, samples: list[np.ndarray], reference: list[dict[str, np.ndarray]],
                      nms: tuple[float | None, bool, float]) -> Tolerance:
     """The adopted SavedModel's own batch-vs-single spread (its signature, not detserve's wrapper around it). A
     source fixed at batch 1 runs batches one image at a time: nothing to measure, the floor applies."""
-    import tensorflow as tf
-
     if source.batch_mapped:
         return Tolerance.from_spread(0.0, 0.0, *nms)
-
-    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-        if source.kind == "encoded":
-            return _numpy(source(tf.constant([tf.io.encode_png(image).numpy() for image in batch])))
-        return _numpy(source(tf.constant(batch)))
-
-    return measure_tolerance(run, samples, reference, *nms)
+    return measure_tolerance(lambda batch: run_source(source, batch), samples, reference, *nms)
 
 
 def saved_model_builder(source_dir: Path, label_map_path: Path | None, pipeline_config: Path | None,
@@ -454,10 +455,7 @@ def saved_model_builder(source_dir: Path, label_map_path: Path | None, pipeline_
         samples, described = sample_images(eval_pattern)
         samples = with_resized_copies(samples, input_size)
         echo(f"reference detections of {saved_model} (signature {signature!r}) on {described} and their resized copies")
-        reference = []
-        for image in samples:
-            value = tf.io.encode_png(image)[tf.newaxis] if source.kind == "encoded" else tf.constant(image[np.newaxis])
-            reference.append(_numpy(source(value)))
+        reference = [run_source(source, image[np.newaxis]) for image in samples]
         tolerance = source_tolerance(source, samples, reference, pipeline_nms(config))
         echo("saving the SavedModel")
         tf.saved_model.save(module, str(staged), signatures=signatures)
@@ -546,8 +544,9 @@ def _export(build: Callable[[Path], BuiltModel], repository: Path | str, name: s
         echo(f"removed {stale}, left by an export that was killed")
     with repo.staging_dir(model_dir) as staged:
         built = build(staged)
-        label_map_file(staged).parent.mkdir(exist_ok=True)
-        label_map_file(staged).write_text(built.label_map_text)
+        label_map = label_map_file(staged)
+        label_map.parent.mkdir(exist_ok=True)
+        label_map.write_text(built.label_map_text)
         warmup = write_warmup_file(staged, name, sizes)
         signatures = _check_method_names(staged)
         echo("verifying in a fresh process (plain TensorFlow)")

@@ -30,9 +30,11 @@ names the likely cause.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+
+from detserve.client.contract import DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES, NUM_DETECTIONS
 
 MARGIN = 10.0  # over the measured spread: other images and another process may round a little worse
 MIN_TOLERANCE = 1e-4
@@ -94,11 +96,11 @@ class Detections:
 
     @classmethod
     def of(cls, outputs: Mapping[str, np.ndarray], index: int = 0) -> Detections:
-        count = int(round(float(np.asarray(outputs["num_detections"])[index])))
-        scores = np.asarray(outputs["detection_scores"], np.float64)
-        return cls(boxes=np.asarray(outputs["detection_boxes"], np.float64)[index][:count],
+        count = int(round(float(np.asarray(outputs[NUM_DETECTIONS])[index])))
+        scores = np.asarray(outputs[DETECTION_SCORES], np.float64)
+        return cls(boxes=np.asarray(outputs[DETECTION_BOXES], np.float64)[index][:count],
                    scores=scores[index][:count],
-                   classes=np.rint(np.asarray(outputs["detection_classes"])[index][:count]).astype(np.int64),
+                   classes=np.rint(np.asarray(outputs[DETECTION_CLASSES])[index][:count]).astype(np.int64),
                    slots=int(scores.shape[-1]))
 
     def __len__(self) -> int:
@@ -205,11 +207,10 @@ def compare_detections(reference: Mapping[str, np.ndarray], candidate: Mapping[s
     Returns {"ok", "compared", "max_score_diff", "max_box_diff", "nms_flips", "problem"}.
     """
     tolerance = tolerance or Tolerance()
-    if score_tolerance is not None or box_tolerance is not None:
-        tolerance = Tolerance(score=tolerance.score if score_tolerance is None else score_tolerance,
-                              box=tolerance.box if box_tolerance is None else box_tolerance,
-                              nms_iou_threshold=tolerance.nms_iou_threshold,
-                              class_agnostic_nms=tolerance.class_agnostic_nms)
+    if score_tolerance is not None:
+        tolerance = replace(tolerance, score=score_tolerance)
+    if box_tolerance is not None:
+        tolerance = replace(tolerance, box=box_tolerance)
     ref, cand = Detections.of(reference, ref_index), Detections.of(candidate, cand_index)
     result = {"ok": True, "compared": 0, "max_score_diff": 0.0, "max_box_diff": 0.0, "nms_flips": 0, "problem": ""}
     lowest = _comparison_floor(ref, floor)
@@ -229,10 +230,9 @@ def compare_detections(reference: Mapping[str, np.ndarray], candidate: Mapping[s
                                  f"{score_diff:.2e}, box {box_diff:.2e} (tolerances {tolerance.score:.1e}, "
                                  f"{tolerance.box:.1e})")
 
-    def unpaired(side: Detections, paired: set[int], start: float) -> np.ndarray:
-        mask = np.zeros(len(side), bool)
-        for k in range(len(side)):
-            mask[k] = k not in paired and side.scores[k] >= start
+    def unpaired(side: Detections, paired: list[int], start: float) -> np.ndarray:
+        mask = side.scores >= start
+        mask[paired] = False
         return mask
 
     def cut(side: Detections, other: Detections, k: int, start: float) -> bool:
@@ -241,8 +241,8 @@ def compare_detections(reference: Mapping[str, np.ndarray], candidate: Mapping[s
             return True
         return len(other) == other.slots and side.scores[k] <= float(other.scores.min()) + tolerance.score
 
-    lonely_ref = unpaired(ref, {i for i, _ in pairs}, lowest)
-    lonely_cand = unpaired(cand, {j for _, j in pairs}, lowest + tolerance.score)
+    lonely_ref = unpaired(ref, [i for i, _ in pairs], lowest)
+    lonely_cand = unpaired(cand, [j for _, j in pairs], lowest + tolerance.score)
     for mask, side, other, start in ((lonely_ref, ref, cand, lowest), (lonely_cand, cand, ref, lowest)):
         for k in np.flatnonzero(mask):
             if cut(side, other, k, start):
