@@ -21,13 +21,18 @@ DATA_FORMAT ?= voc
 CLASS_MAP ?=
 DATA ?= $(RUN)/data
 MODEL_DIR ?= $(RUN)/model
-STEPS ?= 2000
-BATCH_SIZE ?= 8
-DEPTH_MULTIPLIER ?= 0.5
+# Training options, passed to `detserve train` only when set: empty = its defaults (docs/training.md), e.g.
+#   make train STEPS=5000 BATCH_SIZE=16 DEPTH_MULTIPLIER=0.35
+STEPS ?=
+BATCH_SIZE ?=
+DEPTH_MULTIPLIER ?=
 # A Keras MobileNetV2 ImageNet .h5 (alpha = DEPTH_MULTIPLIER) or `imagenet` to download it (sha256-checked,
 # docs/training.md); empty = from scratch.
 BACKBONE_WEIGHTS ?=
 TRAIN_FLAGS ?=
+TRAIN_OPTIONS = $(strip $(if $(STEPS),--steps $(STEPS)) $(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) \
+	$(if $(DEPTH_MULTIPLIER),--depth-multiplier $(DEPTH_MULTIPLIER)) \
+	$(if $(BACKBONE_WEIGHTS),--backbone-weights $(BACKBONE_WEIGHTS)) $(TRAIN_FLAGS))
 # The TF Serving model repository `make export` writes versions into: $(REPOSITORY)/$(MODEL_NAME)/<version>/.
 REPOSITORY ?= models
 MODEL_NAME ?= detector
@@ -86,7 +91,7 @@ test: setup ## Run the test suite
 	$(BIN)/python -m pytest $(PYTEST_FLAGS)
 
 lint: setup ## ruff on the Python code
-	$(BIN)/ruff check training export serving client tests benchmarks
+	$(BIN)/ruff check training export serving client k8s tests benchmarks
 
 synth: setup ## Write a synthetic VOC dataset (shapes on textured backgrounds) to $(SYNTH)
 	$(DETSERVE) synth --out $(SYNTH) --images $(DEMO_IMAGES) --seed 0
@@ -96,8 +101,7 @@ data: setup ## Validate a dataset and write TFRecords + label_map.pbtxt to $(DAT
 		$(if $(CLASS_MAP),--class-map $(CLASS_MAP),)
 
 train: setup ## Train SSD MobileNetV2 FPN-Lite on $(DATA) into $(MODEL_DIR) (resumes)
-	$(DETSERVE) train --data $(DATA) --model-dir $(MODEL_DIR) --steps $(STEPS) --batch-size $(BATCH_SIZE) \
-		--depth-multiplier $(DEPTH_MULTIPLIER) $(if $(BACKBONE_WEIGHTS),--backbone-weights $(BACKBONE_WEIGHTS),) $(TRAIN_FLAGS)
+	$(DETSERVE) train --data $(DATA) --model-dir $(MODEL_DIR) $(TRAIN_OPTIONS)
 
 evaluate: setup ## COCO metrics of the latest checkpoint in $(MODEL_DIR) on the test split
 	$(DETSERVE) evaluate --model-dir $(MODEL_DIR)

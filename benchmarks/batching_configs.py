@@ -19,9 +19,10 @@ from pathlib import Path
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from serving_benchmark import DEFAULT_IMAGES, grpc_cell, jpeg, load_images, rest_cell, server_flags
+from serving_benchmark import DEFAULT_IMAGES, ROOT, grpc_cell, jpeg, load_images, rest_cell, server_flags
 
-from detserve.serving.testing import ServerProcess
+sys.path.insert(0, str(ROOT / "tests"))  # the serving test harness (tests/serving_harness.py)
+from serving_harness import ServerProcess  # noqa: E402
 
 BATCH_SIZE_METRIC = ":tensorflow:serving:batching_session:processed_batch_size"
 

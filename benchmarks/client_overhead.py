@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detserve.client.detector import _Core
+from detserve.client.core import DetectorCore
+from detserve.client.detections import detections_from
 from detserve.client.images import load_image
 from detserve.client.metadata import ModelMetadata, Signature, TensorSpec
 from detserve.client.protos import predict_pb2
@@ -60,11 +61,11 @@ def metadata() -> ModelMetadata:
     return ModelMetadata("detector", 1, signatures, input_size=(320, 320))
 
 
-def core(server: str, encoding: str, input_size=None) -> _Core:
-    return _Core(server, "detector", None, None, encoding=encoding, signature=None, score_threshold=0.0,
-                 max_detections=None, timeout=10.0, retry=None, headers=None, ca_cert=None, client_cert=None,
-                 client_key=None, server_name=None, max_message_bytes=1 << 30, input_size=input_size,
-                 resize_method="bilinear_legacy", jpeg_quality=95, max_batch_size=32)
+def core(server: str, encoding: str, input_size=None) -> DetectorCore:
+    return DetectorCore(server, "detector", None, None, encoding=encoding, signature=None, score_threshold=0.0,
+                        max_detections=None, timeout=10.0, retry=None, headers=None, ca_cert=None,
+                        client_cert=None, client_key=None, server_name=None, max_message_bytes=1 << 30,
+                        input_size=input_size, resize_method="bilinear_legacy", jpeg_quality=95, max_batch_size=32)
 
 
 def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -90,17 +91,19 @@ def jpeg_file(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def encode_grpc(c: _Core, meta: ModelMetadata, image) -> bytes:
-    loaded, (chunk,) = c.plan(meta, [image])
-    request = c.predict_request(chunk.signature, {chunk.signature.input.key: chunk.payload},
-                                c.output_filter(chunk.signature))
-    return request.SerializeToString()
+def wire_request(c: DetectorCore, meta: ModelMetadata, image):
+    """The Predict request detect() sends for ``image`` (what the transport gets)."""
+    plan = c.plan(meta, [image])
+    (batch,) = plan.batches
+    return c.wire.predict(plan.signature, {plan.signature.input.key: batch.payload}, OUTPUTS).message
 
 
-def encode_rest(c: _Core, meta: ModelMetadata, image) -> bytes:
-    loaded, (chunk,) = c.plan(meta, [image])
-    body = c.rest_predict_body(chunk.signature, {chunk.signature.input.key: chunk.payload})
-    return json.dumps(body, separators=(",", ":")).encode()
+def encode_grpc(c: DetectorCore, meta: ModelMetadata, image) -> bytes:
+    return wire_request(c, meta, image).SerializeToString()
+
+
+def encode_rest(c: DetectorCore, meta: ModelMetadata, image) -> bytes:
+    return json.dumps(wire_request(c, meta, image).body, separators=(",", ":")).encode()  # as RestTransport does
 
 
 def fake_answer(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -150,15 +153,16 @@ def overhead_table(repeat: int) -> list[dict]:
     rest_raw_core = core("http://localhost:8501", "raw")
     signature = meta.signatures["serving_default"]
     reference_image = load_image(np.zeros((1, 1, 3), np.uint8))
+    grpc_parse = grpc_core.wire.predict(signature, {}, OUTPUTS).parse
+    rest_parse = rest_core.wire.predict(signature, {}, OUTPUTS).parse
 
     def decode_grpc():
-        response = predict_pb2.PredictResponse.FromString(grpc_answer)
-        return grpc_core.detections(grpc_core.outputs_from_grpc(response), 0, reference_image, 0.0, None, None)
+        outputs = grpc_parse(predict_pb2.PredictResponse.FromString(grpc_answer))
+        return detections_from(outputs, 0, reference_image, 0.0, None, None)
 
     def decode_rest():
-        payload = json.loads(rest_answer)
-        return rest_core.detections(rest_core.outputs_from_rest(payload, signature), 0, reference_image, 0.0, None,
-                                    None)
+        outputs = rest_parse(json.loads(rest_answer))
+        return detections_from(outputs, 0, reference_image, 0.0, None, None)
 
     decode = {"gRPC": median_ms(decode_grpc, repeat), "REST": median_ms(decode_rest, repeat)}
     rows = []

@@ -259,7 +259,8 @@ def server_flags(repository: Path, model: str) -> list[str]:
 
 
 def start_server(args, batching: str, directory: Path):
-    from detserve.serving.testing import ServerProcess
+    sys.path.insert(0, str(ROOT / "tests"))  # the serving test harness (tests/serving_harness.py)
+    from serving_harness import ServerProcess
 
     flags = server_flags(args.repository, args.model)
     if batching == "off":

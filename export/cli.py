@@ -54,8 +54,10 @@ def export(model_dir: Path | None, checkpoint: Path | None, pipeline_config: Pat
     in assets.extra/. It is built in a hidden directory, verified in a fresh process with plain TensorFlow
     against the source model, and only then renamed into place: a failed export leaves nothing behind.
     """
-    from detserve.export.exporter import ExportError, adopt_saved_model, export_checkpoint, format_summary
-    from detserve.export.repository import RepositoryError
+    from .errors import ExportError
+    from .exporter import adopt_saved_model, export_checkpoint
+    from .repository import RepositoryError
+    from .summary import format_summary
 
     for path in (*serving_configs, *batching_configs):
         if not path.is_file():

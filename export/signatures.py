@@ -24,25 +24,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-# The names are the contract's (detserve.client.contract), importable from here too.
+# The names are the contract's (detserve.client.contract); those docs/export.md lists are importable from here.
 from detserve.client.contract import (  # noqa: F401  (re-exported)
     BYTES_SIGNATURE,
     CLASS_NAMES_OUTPUT,
     DEFAULT_SIGNATURE,
+    DETECTION_CLASSES,
     DETECTION_OUTPUTS,
-    DETECTION_SIGNATURES,
     ENCODED_INPUT,
     IMAGES_INPUT,
     INFO_INPUT,
     INFO_OUTPUTS,
     INFO_SIGNATURE,
+    NUM_DETECTIONS,
     NUMERIC_OUTPUTS,
     PREDICT_METHOD,
-    SIGNATURES,
 )
 
-# Callables from a batch to the four NUMERIC_OUTPUTS (float32, batch first).
+# Callables from a batch to the model's numeric outputs, NUMERIC_OUTPUTS among them (float32, batch first).
 DetectFn = Callable[..., Mapping]
+
+
+def to_numpy(outputs: Mapping) -> dict:
+    """A signature's outputs (eager tensors) as numpy arrays: the form detserve.export.parity compares."""
+    return {key: value.numpy() for key, value in outputs.items()}
 
 
 def class_name_lookup(label_map: Mapping[int, str]):
@@ -61,11 +66,11 @@ def finish_detections(outputs: Mapping, names) -> dict:
     import tensorflow as tf
 
     result = {key: tf.cast(outputs[key], tf.float32) for key in NUMERIC_OUTPUTS}
-    classes = result["detection_classes"]
+    classes = result[DETECTION_CLASSES]
     ids = tf.cast(tf.round(classes), tf.int32)
     size = tf.shape(names)[0]
     slots = tf.range(tf.shape(classes)[1])[tf.newaxis, :]
-    valid = (ids >= 0) & (ids < size) & (slots < tf.cast(result["num_detections"], tf.int32)[:, tf.newaxis])
+    valid = (ids >= 0) & (ids < size) & (slots < tf.cast(result[NUM_DETECTIONS], tf.int32)[:, tf.newaxis])
     looked_up = tf.gather(names, tf.clip_by_value(ids, 0, size - 1))
     result[CLASS_NAMES_OUTPUT] = tf.where(valid, looked_up, tf.zeros_like(looked_up))
     return result
@@ -184,7 +189,10 @@ class SourceSignature:
         missing = [key for key in NUMERIC_OUTPUTS if key not in outputs]
         if missing:
             raise ValueError(f"signature {name!r} returns {sorted(outputs)}; missing {missing}")
-        self.output_specs = {key: outputs[key] for key in NUMERIC_OUTPUTS}
+        # Every numeric output passes through (finish_detections keeps what the contract lists), so a new
+        # output tensor is a change to the contract and finish_detections only.
+        self.output_specs = {key: spec for key, spec in outputs.items()
+                             if spec.dtype.is_floating or spec.dtype.is_integer}
         if self.spec.dtype == tf.string:
             self.kind = "encoded"
             if _graph_has_op(self.function, ("ParseExample", "ParseExampleV2", "ParseSingleExample")):
@@ -211,7 +219,7 @@ class SourceSignature:
         if self.kind == "image":
             value = tf.cast(value, self.spec.dtype)
         outputs = self.function(**{self.input_key: value})
-        return {key: outputs[key] for key in NUMERIC_OUTPUTS}
+        return {key: outputs[key] for key in self.output_specs}
 
     def per_item_specs(self):
         import tensorflow as tf

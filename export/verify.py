@@ -1,8 +1,9 @@
 """Verify an exported version in a fresh process with plain TensorFlow (``object_detection`` never imported).
 
-The exporter saves sample images and the source model's detections for them (one image at a time) to a
-request file, then runs ``python -m detserve.export.verify REQUEST RESULT``. This process loads the
-SavedModel the way a server would (tf.saved_model.load, signatures only) and checks:
+Both ends of that process are here. The exporter (``verify_in_subprocess``) saves sample images and the
+source model's detections for them (one image at a time) to a request file, then runs
+``python -m detserve.export.verify SAVED_MODEL REQUEST PARAMS RESULT``. That process loads the SavedModel the
+way a server would (tf.saved_model.load, signatures only) and checks:
 
 - ``serving_default`` on each image alone matches the source's detections;
 - ``serving_default`` on a batch of 8 rows of the equal-size samples (each image in several rows) gives every
@@ -18,74 +19,42 @@ source model (its own batch-vs-single spread on this hardware), NMS flips of nea
 
 from __future__ import annotations
 
-import io
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from detserve.client.contract import (
-    BYTES_SIGNATURE,
-    CLASS_NAMES_OUTPUT,
-    DEFAULT_SIGNATURE,
-    DETECTION_OUTPUTS,
-    ENCODED_INPUT,
-    IMAGES_INPUT,
-    INFO_INPUT,
-    INFO_OUTPUTS,
-    INFO_SIGNATURE,
-    NUMERIC_OUTPUTS,
-    SIGNATURES,
-)
-from detserve.export.parity import (
-    Tolerance,
-    compare_detections,
-    parity_rows,
-)
+# The contract's names, qualified: what is checked here is the contract itself.
+from detserve.client import contract
+
+from .errors import ExportError
+from .images import encode_image
+from .parity import Tolerance, compare_detections, parity_rows
+from .signatures import to_numpy
+
+if TYPE_CHECKING:
+    from .sources import BuiltModel
 
 LATENCY_BATCHES = (1, 8)
 LATENCY_RUNS = 3
 
 
-def _encode_png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def signature_summary(loaded) -> dict:
-    """{signature: {"inputs": {key: [dtype, shape]}, "outputs": {...}}} with -1 for unknown dimensions."""
-
-    def shape(spec):
-        return [-1 if d is None else int(d) for d in spec.shape.as_list()] if spec.shape.rank is not None else None
-
-    summary = {}
-    for name, function in loaded.signatures.items():
-        _, inputs = function.structured_input_signature
-        summary[name] = {
-            "inputs": {key: [spec.dtype.name, shape(spec)] for key, spec in sorted(inputs.items())},
-            "outputs": {key: [spec.dtype.name, shape(spec)] for key, spec in sorted(function.structured_outputs.items())},
-        }
-    return summary
-
-
-def _numpy(outputs) -> dict[str, np.ndarray]:
-    return {key: value.numpy() for key, value in outputs.items()}
-
-
 def _check_class_names(outputs, label_map: Mapping[int, str]) -> str:
-    names = outputs[CLASS_NAMES_OUTPUT]
+    names = outputs[contract.CLASS_NAMES_OUTPUT]
     for row in range(names.shape[0]):
-        count = int(round(float(outputs["num_detections"][row])))
+        count = int(round(float(outputs[contract.NUM_DETECTIONS][row])))
         for slot in range(names.shape[1]):
-            expected = label_map.get(int(round(float(outputs["detection_classes"][row, slot]))), "") if slot < count else ""
+            class_id = int(round(float(outputs[contract.DETECTION_CLASSES][row, slot])))
+            expected = label_map.get(class_id, "") if slot < count else ""
             if names[row, slot].decode() != expected:
-                return (f"detection_class_names[{row}, {slot}] is {names[row, slot].decode()!r}, "
+                return (f"{contract.CLASS_NAMES_OUTPUT}[{row}, {slot}] is {names[row, slot].decode()!r}, "
                         f"expected {expected!r}")
     return ""
 
@@ -132,17 +101,16 @@ def verify(saved_model, images: list[np.ndarray], reference: list[dict[str, np.n
     def check(name: str, ok: bool, detail: str = "", **extra) -> None:
         checks.append({"name": name, "ok": bool(ok), "detail": detail, **extra})
 
-    missing = [s for s in SIGNATURES if s not in loaded.signatures]
-    check("signatures present", not missing, f"missing {missing}" if missing else ", ".join(SIGNATURES))
-    result: dict = {"signatures": signature_summary(loaded), "checks": checks, "latency_ms": {},
-                    "tolerance": tolerance.to_json()}
+    missing = [s for s in contract.SIGNATURES if s not in loaded.signatures]
+    check("signatures present", not missing, f"missing {missing}" if missing else ", ".join(contract.SIGNATURES))
+    result: dict = {"checks": checks, "latency_ms": {}, "tolerance": tolerance.to_json()}
     too_loose = tolerance.problem()
     check("tolerance", not too_loose, too_loose or f"score {tolerance.score:.1e}, box {tolerance.box:.1e}")
     if missing or too_loose:
         result["ok"] = False
         return result
-    default = loaded.signatures[DEFAULT_SIGNATURE]
-    encoded_fn = loaded.signatures[BYTES_SIGNATURE]
+    default = loaded.signatures[contract.DEFAULT_SIGNATURE]
+    encoded_fn = loaded.signatures[contract.BYTES_SIGNATURE]
     max_score, max_box, flips = 0.0, 0.0, 0
 
     def record(name: str, comparison: dict) -> None:
@@ -156,40 +124,42 @@ def verify(saved_model, images: list[np.ndarray], reference: list[dict[str, np.n
 
     outputs_keys_ok = True
     for index, (image, expected) in enumerate(zip(images, reference, strict=True)):
-        outputs = _numpy(default(**{IMAGES_INPUT: tf.constant(image[np.newaxis])}))
-        outputs_keys_ok &= set(outputs) == set(DETECTION_OUTPUTS)
-        record(f"{DEFAULT_SIGNATURE} image {index} ({image.shape[0]}x{image.shape[1]}) vs source",
+        outputs = to_numpy(default(**{contract.IMAGES_INPUT: tf.constant(image[np.newaxis])}))
+        outputs_keys_ok &= set(outputs) == set(contract.DETECTION_OUTPUTS)
+        record(f"{contract.DEFAULT_SIGNATURE} image {index} ({image.shape[0]}x{image.shape[1]}) vs source",
                compare_detections(expected, outputs, tolerance=tolerance))
         problem = _check_class_names(outputs, label_map)
         if problem:
             check(f"class names image {index}", False, problem)
-    check("detection outputs", outputs_keys_ok, ", ".join(DETECTION_OUTPUTS))
+    check("detection outputs", outputs_keys_ok, ", ".join(contract.DETECTION_OUTPUTS))
 
     # Batch parity: the equal-size samples, each in a row of one batch, against themselves alone.
     rows = parity_rows(images)
-    batched = _numpy(default(**{IMAGES_INPUT: tf.constant(np.stack([images[i] for i in rows]))}))
+    batched = to_numpy(default(**{contract.IMAGES_INPUT: tf.constant(np.stack([images[i] for i in rows]))}))
     for row, index in enumerate(rows):
         comparison = _compare_row(reference, index, batched, row, tolerance)
-        record(f"{DEFAULT_SIGNATURE} image {index} at row {row} of a batch of {len(rows)} vs source", comparison)
+        record(f"{contract.DEFAULT_SIGNATURE} image {index} at row {row} of a batch of {len(rows)} vs source", comparison)
 
-    encoded = [_encode_png(image) for image in images]
-    decoded = _numpy(encoded_fn(**{ENCODED_INPUT: tf.constant(encoded)}))
+    encoded = [encode_image(image) for image in images]
+    decoded = to_numpy(encoded_fn(**{contract.ENCODED_INPUT: tf.constant(encoded)}))
     for index in range(len(reference)):
         comparison = _compare_row(reference, index, decoded, index, tolerance)
-        record(f"{BYTES_SIGNATURE} image {index} (PNG, in a batch of {len(images)}) vs source", comparison)
+        record(f"{contract.BYTES_SIGNATURE} image {index} (PNG, in a batch of {len(images)}) vs source", comparison)
     problem = _check_class_names(decoded, label_map)
-    check(f"{BYTES_SIGNATURE} class names", not problem, problem)
+    check(f"{contract.BYTES_SIGNATURE} class names", not problem, problem)
 
-    info_spec = loaded.signatures[INFO_SIGNATURE].structured_input_signature[1][INFO_INPUT]
+    info_fn = loaded.signatures[contract.INFO_SIGNATURE]
+    info_spec = info_fn.structured_input_signature[1][contract.INFO_INPUT]
     height, width = info_spec.shape[1], info_spec.shape[2]
     expected_size = tuple(input_size) if input_size else (None, None)
     check("model_info input shape", (height, width) == expected_size,
           f"[-1, {height}, {width}, 3] (expected {expected_size})")
     if height and width:
-        info = _numpy(loaded.signatures[INFO_SIGNATURE](**{INFO_INPUT: tf.zeros([1, height, width, 3], tf.uint8)}))
+        info = to_numpy(info_fn(**{contract.INFO_INPUT: tf.zeros([1, height, width, 3], tf.uint8)}))
         names = [n.decode() for n in info["class_names"][0]]
-        ok = (int(info["input_height"][0]), int(info["input_width"][0])) == (height, width) and \
-            dict(zip(info["class_ids"][0].tolist(), names, strict=True)) == dict(label_map) and set(info) == set(INFO_OUTPUTS)
+        ok = ((int(info["input_height"][0]), int(info["input_width"][0])) == (height, width)
+              and dict(zip(info["class_ids"][0].tolist(), names, strict=True)) == dict(label_map)
+              and set(info) == set(contract.INFO_OUTPUTS))
         check("model_info values", ok, f"{int(info['input_height'][0])}x{int(info['input_width'][0])}, {names}")
 
     if plain_tensorflow:
@@ -198,8 +168,8 @@ def verify(saved_model, images: list[np.ndarray], reference: list[dict[str, np.n
     first = images[rows[0]]
     if measure_latency and all(c["ok"] for c in checks):  # no point timing a model that failed
         for name, function, key, make in (
-            (DEFAULT_SIGNATURE, default, IMAGES_INPUT, lambda b: tf.constant(np.stack([first] * b))),
-            (BYTES_SIGNATURE, encoded_fn, ENCODED_INPUT, lambda b: tf.constant([encoded[rows[0]]] * b)),
+            (contract.DEFAULT_SIGNATURE, default, contract.IMAGES_INPUT, lambda b: tf.constant(np.stack([first] * b))),
+            (contract.BYTES_SIGNATURE, encoded_fn, contract.ENCODED_INPUT, lambda b: tf.constant([encoded[rows[0]]] * b)),
         ):
             result["latency_ms"][name] = {}
             for size in LATENCY_BATCHES:
@@ -211,14 +181,18 @@ def verify(saved_model, images: list[np.ndarray], reference: list[dict[str, np.n
     return result
 
 
+# ------------------------------------------------------------------------------------------------
+# The exporter's end: the request file, the parameters, the process.
+
 REQUEST_IMAGES = "images"
 REQUEST_REFERENCE = "reference"
+VERIFY_TIMEOUT_S = 900
 
 
 def write_request(path: Path | str, images: list[np.ndarray], reference: list[Mapping[str, np.ndarray]]) -> None:
     arrays = {f"{REQUEST_IMAGES}_{i}": image for i, image in enumerate(images)}
     for i, outputs in enumerate(reference):
-        for key in NUMERIC_OUTPUTS:
+        for key in contract.NUMERIC_OUTPUTS:
             arrays[f"{REQUEST_REFERENCE}_{i}_{key}"] = np.asarray(outputs[key])
     np.savez(path, **arrays)
 
@@ -227,14 +201,48 @@ def read_request(path: Path | str) -> tuple[list[np.ndarray], list[dict[str, np.
     with np.load(path) as data:
         count = sum(1 for key in data.files if key.startswith(f"{REQUEST_IMAGES}_"))
         images = [data[f"{REQUEST_IMAGES}_{i}"] for i in range(count)]
-        reference = [{key: data[f"{REQUEST_REFERENCE}_{i}_{key}"] for key in NUMERIC_OUTPUTS} for i in range(count)]
+        reference = [{key: data[f"{REQUEST_REFERENCE}_{i}_{key}"] for key in contract.NUMERIC_OUTPUTS}
+                     for i in range(count)]
     return images, reference
+
+
+def verify_in_subprocess(version_path: Path, built: BuiltModel, measure_latency: bool = True) -> dict:
+    """Run ``main`` on ``version_path`` in a new Python process with plain TensorFlow; its JSON result."""
+    with tempfile.TemporaryDirectory(prefix="detserve-verify-") as scratch:
+        scratch = Path(scratch)
+        write_request(scratch / "request.npz", built.samples, built.reference)
+        params = {"label_map": {str(k): v for k, v in built.label_map.items()},
+                  "input_size": list(built.input_size) if built.input_size else None,
+                  "measure_latency": measure_latency, "tolerance": built.tolerance.to_json()}
+        (scratch / "params.json").write_text(json.dumps(params))
+        env = dict(os.environ)
+        env.pop("TF_USE_LEGACY_KERAS", None)  # set by tfod_compat for TFOD2; a server has no such thing
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        command = [sys.executable, "-m", "detserve.export.verify", str(version_path), str(scratch / "request.npz"),
+                   str(scratch / "params.json"), str(scratch / "result.json")]
+        try:
+            process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S)
+        except subprocess.TimeoutExpired as error:
+            raise ExportError(f"verification of {version_path} timed out after {VERIFY_TIMEOUT_S} s") from error
+        result_file = scratch / "result.json"
+        if not result_file.is_file():
+            tail = "\n".join(process.stderr.strip().splitlines()[-5:])
+            raise ExportError(f"verification process failed (exit {process.returncode}): {tail}")
+        return json.loads(result_file.read_text())
+
+
+def failed_checks(verification: Mapping) -> str:
+    """The first three failed checks of a result, for the export's error message."""
+    failed = [c for c in verification.get("checks", []) if not c["ok"]]
+    return "; ".join(f"{c['name']}: {c['detail']}" for c in failed[:3]) or "unknown failure"
+
+
+# ------------------------------------------------------------------------------------------------
+# The fresh process's end.
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m detserve.export.verify SAVED_MODEL REQUEST.npz PARAMS.json RESULT.json``"""
-    import os
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     saved_model, request, params_path, result_path = (argv if argv is not None else sys.argv[1:])
     params = json.loads(Path(params_path).read_text())

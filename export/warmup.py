@@ -17,7 +17,6 @@ use, i.e. through the batching session when ``--enable_batching`` is on. So:
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,8 @@ from detserve.client.contract import (  # noqa: F401  (WARMUP_FILENAME re-export
     WARMUP_FILENAME,
     warmup_path,
 )
+
+from .images import encode_image
 
 FALLBACK_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 WARMUP_IMAGE_SIZE = 64
@@ -90,19 +91,12 @@ def warmup_batch_sizes(batching_configs: Sequence[Path | str]) -> BatchSizes:
     return BatchSizes(sizes=sizes, sources=sources, notes=notes)
 
 
-def warmup_image(size: int = WARMUP_IMAGE_SIZE) -> np.ndarray:
+def warmup_image() -> np.ndarray:
     """A deterministic, textured uint8 image (not flat, so decode and NMS do real work)."""
+    size = WARMUP_IMAGE_SIZE
     y, x = np.mgrid[0:size, 0:size]
     image = np.stack([(x * 255 // max(size - 1, 1)), (y * 255 // max(size - 1, 1)), ((x + y) * 4) % 256], axis=-1)
     return image.astype(np.uint8)
-
-
-def encode_jpeg(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 @dataclass
@@ -115,14 +109,13 @@ class WarmupInfo:
     notes: list[str]
 
 
-def write_warmup_file(version_path: Path | str, model_name: str, batch_sizes: BatchSizes,
-                      image_size: int = WARMUP_IMAGE_SIZE) -> WarmupInfo:
+def write_warmup_file(version_path: Path | str, model_name: str, batch_sizes: BatchSizes) -> WarmupInfo:
     """Write ``<version>/assets.extra/tf_serving_warmup_requests``: one Predict request per signature and size."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-    image = warmup_image(image_size)
-    jpeg = encode_jpeg(image)
+    image = warmup_image()
+    jpeg = encode_image(image, "JPEG")
     path = warmup_path(version_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     records = 0

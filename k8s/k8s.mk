@@ -5,6 +5,7 @@
 #   make k8s-diff   [OVERLAY=gpu]     compare it with the cluster of the current kubectl context
 #   make deploy     [OVERLAY=gpu]     validate that overlay, then kubectl apply -k k8s/overlays/$(OVERLAY)
 # OVERLAY is gpu (production default), cpu or canary. No cluster is needed except for k8s-diff and deploy.
+# The validator is the package k8s/validate/ (python -m k8s.validate), run from the repository root like all of make.
 
 VENV ?= .venv
 K8S_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
@@ -16,7 +17,7 @@ KUBECTL ?= $(if $(wildcard $(VENV)/bin/kubectl),$(VENV)/bin/kubectl,kubectl)
 .PHONY: k8s-validate k8s-render k8s-diff deploy
 
 k8s-validate: ## Render and validate every overlay offline (strict, Kubernetes $(K8S_VERSION)), lint YAML and Dockerfiles
-	$(VENV)/bin/python $(K8S_DIR)/validate.py --kubernetes-version $(K8S_VERSION) --kubectl $(KUBECTL)
+	$(VENV)/bin/python -m k8s.validate --kubernetes-version $(K8S_VERSION) --kubectl $(KUBECTL)
 
 k8s-render: ## Print the manifests of k8s/overlays/$(OVERLAY)
 	$(KUBECTL) kustomize $(K8S_DIR)/overlays/$(OVERLAY)
@@ -26,7 +27,7 @@ k8s-diff: ## Diff k8s/overlays/$(OVERLAY) against the current kubectl context
 	$(KUBECTL) diff -k $(K8S_DIR)/overlays/$(OVERLAY) || test $$? -eq 1
 
 deploy: ## Validate, then kubectl apply -k k8s/overlays/$(OVERLAY) (gpu|cpu|canary) and wait for the rollout
-	$(VENV)/bin/python $(K8S_DIR)/validate.py --kubernetes-version $(K8S_VERSION) --kubectl $(KUBECTL) \
+	$(VENV)/bin/python -m k8s.validate --kubernetes-version $(K8S_VERSION) --kubectl $(KUBECTL) \
 		--no-lint --target overlays/$(OVERLAY)
 	$(KUBECTL) apply -k $(K8S_DIR)/overlays/$(OVERLAY)
 	$(KUBECTL) -n detserve rollout status deployment/detserve-serving --timeout=15m

@@ -4,23 +4,21 @@ The scheduler keeps one queue per (model version, signature, input shapes) and `
 run batches from all queues. As in TF Serving's shared batch scheduler:
 
 - a request (task) joins the queue's open batch; a batch is closed when the next task would not fit
-  (``max_batch_size``, or ``max_execution_batch_size`` with ``enable_large_batch_splitting``);
+  (``max_batch_size``);
 - a batch runs once closed, or once ``batch_timeout_micros`` have passed since its first task, whichever comes
   first; while every batch thread is busy the open batch keeps filling, which is where the throughput comes from;
 - a queue holds at most ``max_enqueued_batches`` batches (the open one included); a task that needs one more is
   rejected with UNAVAILABLE "The batch scheduling queue to which this task was submitted is full", which is what
   TF Serving answers (HTTP 503), so clients back off or retry on another replica;
-- a task larger than ``max_batch_size`` is rejected with INVALID_ARGUMENT, unless large-batch splitting is on:
-  then it is split across batches of at most ``max_execution_batch_size`` and reassembled;
+- a task larger than ``max_batch_size`` is rejected with INVALID_ARGUMENT;
 - a batch is padded up to the next ``allowed_batch_sizes`` entry with copies of its last task's first row, and
-  the padding is dropped from the outputs.
+  the padding is dropped from the outputs;
+- a batch that fails fails every request in it, with the batch's error (one corrupt JPEG fails its batch).
 
-Two deliberate differences from TF Serving, both so one client's request cannot fail another's:
+One deliberate difference from TF Serving, so that a client's image size cannot fail another's request:
 requests whose tensors differ beyond the batch dimension go to different queues (TF Serving merges them and,
-with ``pad_variable_length_inputs: false``, fails the whole batch); and when a merged batch fails with
-INVALID_ARGUMENT (say, one corrupt JPEG), its tasks are re-run one by one so only the bad request fails.
-With ``pad_variable_length_inputs: true`` differently shaped requests do share a queue and are zero-padded to
-the largest shape in the batch.
+with ``pad_variable_length_inputs: false``, fails the whole batch). Large-batch splitting and variable-length
+padding are not implemented: ``config.load_batching_parameters`` rejects a file that turns them on.
 """
 
 from __future__ import annotations
@@ -35,16 +33,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detserve.serving.config import BatchingOptions
-from detserve.serving.errors import (
-    Code,
-    ServingError,
-    failed_precondition,
-    from_exception,
-    invalid_argument,
-    unavailable,
-)
-from detserve.serving.metrics import ServingMetrics
+from .config import BatchingOptions
+from .errors import failed_precondition, from_exception, invalid_argument, unavailable
+from .metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +68,13 @@ class _Queue:
     batches: deque = field(default_factory=deque)
 
 
-def shape_key(inputs: Mapping[str, np.ndarray], pad_variable_length_inputs: bool) -> tuple:
-    """What must agree for two requests to share a batch: dtypes and dimensions beyond the batch dimension
-    (only the ranks when variable-length inputs are padded)."""
-    if pad_variable_length_inputs:
-        return tuple((name, a.dtype.str, a.ndim) for name, a in sorted(inputs.items()))
+def shape_key(inputs: Mapping[str, np.ndarray]) -> tuple:
+    """What must agree for two requests to share a batch: dtypes and dimensions beyond the batch dimension."""
     return tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(inputs.items()))
-
-
-def _slice_inputs(inputs: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
-    return {name: array[start:stop] for name, array in inputs.items()}
 
 
 class BatchScheduler:
     def __init__(self, options: BatchingOptions, metrics: ServingMetrics | None = None):
-        options.check()
         self.options = options
         self.metrics = metrics or ServingMetrics()
         self._cv = threading.Condition()
@@ -111,14 +94,11 @@ class BatchScheduler:
         ``run`` must be the same for every submission with the same ``key``.
         """
         options = self.options
-        if size < 1:
-            raise invalid_argument("Batching: a request must have at least one row (batch size 0)")
         if size > options.max_batch_size:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size {options.max_batch_size}")
         self.metrics.input_batch_size.observe(size)
         now = time.monotonic()
         future: concurrent.futures.Future = concurrent.futures.Future()
-        limit = options.execution_batch_size
         with self._cv:
             if self._stopping:
                 raise unavailable("the server is shutting down; no new requests are accepted")
@@ -126,43 +106,17 @@ class BatchScheduler:
             if queue is None:
                 queue = self._queues[key] = _Queue(key, run)
             batches = queue.batches
-            room = limit - batches[-1].size if batches else 0
-            if size <= room:
+            if batches and batches[-1].size + size <= options.max_batch_size:
                 batches[-1].add(_Task(inputs, size, future, now))
-            elif not options.enable_large_batch_splitting or (room == 0 and size <= limit):
+            else:
                 if len(batches) >= options.max_enqueued_batches:
                     self._forget_if_empty(queue)
                     raise unavailable("The batch scheduling queue to which this task was submitted is full")
                 batch = _Batch(created=now)
                 batch.add(_Task(inputs, size, future, now))
                 batches.append(batch)
-            else:
-                self._submit_split(queue, inputs, size, future, now)
             self._cv.notify()
         return future
-
-    def _submit_split(self, queue: _Queue, inputs, size: int, future, now: float) -> None:
-        """Large-batch splitting (called with the lock held): fill the open batch, then new batches."""
-        options, batches = self.options, queue.batches
-        limit = options.execution_batch_size
-        room = limit - batches[-1].size if batches else 0
-        capacity = room + (options.max_enqueued_batches - len(batches)) * limit
-        if size > capacity:
-            self._forget_if_empty(queue)
-            raise unavailable(f"The batch scheduling queue to which this task was submitted is full; task size is "
-                              f"{size} but scheduling capacity is only {capacity}")
-        parts: list[concurrent.futures.Future] = []
-        start = 0
-        while start < size:
-            if not batches or batches[-1].size >= limit:
-                batches.append(_Batch(created=now))
-            batch = batches[-1]
-            stop = min(size, start + limit - batch.size)
-            part: concurrent.futures.Future = concurrent.futures.Future()
-            batch.add(_Task(_slice_inputs(inputs, start, stop), stop - start, part, now))
-            parts.append(part)
-            start = stop
-        _gather(parts, future)
 
     def _forget_if_empty(self, queue: _Queue) -> None:
         if not queue.batches:
@@ -172,7 +126,7 @@ class BatchScheduler:
 
     def _next(self) -> tuple[_Queue, _Batch] | None:
         """The oldest runnable batch of any queue, waiting as needed; None once stopping and drained."""
-        timeout, limit = self.options.batch_timeout_s, self.options.execution_batch_size
+        timeout, limit = self.options.batch_timeout_s, self.options.max_batch_size
         while True:
             now = time.monotonic()
             best: _Queue | None = None
@@ -220,8 +174,6 @@ class BatchScheduler:
         merged = {}
         for name in tasks[0].inputs:
             arrays = [task.inputs[name] for task in tasks]
-            if self.options.pad_variable_length_inputs:
-                arrays = _pad_to_common_shape(arrays)
             if padded > size:
                 arrays.append(np.repeat(arrays[-1][:1], padded - size, axis=0))
             merged[name] = np.concatenate(arrays, axis=0)
@@ -251,16 +203,8 @@ class BatchScheduler:
             self.metrics.queuing_latency.observe(self.options.thread_pool_name, (started - task.enqueued) * 1e6)
         try:
             self._run(queue, batch.tasks)
-        except Exception as error:
+        except Exception as error:  # as TF Serving: every request of a failed batch gets the batch's error
             failure = from_exception(error)
-            if failure.code == Code.INVALID_ARGUMENT and len(batch.tasks) > 1:
-                # One bad request (a corrupt image, say) must not fail the others merged with it.
-                for task in batch.tasks:
-                    try:
-                        self._run(queue, [task])
-                    except Exception as single:
-                        task.future.set_exception(from_exception(single))
-                return
             for task in batch.tasks:
                 task.future.set_exception(failure)
 
@@ -274,48 +218,3 @@ class BatchScheduler:
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-
-    def queued_tasks(self) -> int:
-        with self._cv:
-            return sum(len(b.tasks) for q in self._queues.values() for b in q.batches)
-
-
-def _pad_to_common_shape(arrays: list[np.ndarray]) -> list[np.ndarray]:
-    target = tuple(max(sizes) for sizes in zip(*(a.shape[1:] for a in arrays), strict=True))
-    out = []
-    for array in arrays:
-        if array.shape[1:] == target:
-            out.append(array)
-            continue
-        widths = [(0, 0)] + [(0, t - s) for s, t in zip(array.shape[1:], target, strict=True)]
-        if array.dtype == object:
-            padded = np.full((array.shape[0], *target), b"", dtype=object)
-            padded[tuple(slice(0, s) for s in array.shape)] = array
-            out.append(padded)
-        else:
-            out.append(np.pad(array, widths))
-    return out
-
-
-def _gather(parts: list[concurrent.futures.Future], future: concurrent.futures.Future) -> None:
-    """Complete ``future`` with the row-wise concatenation of the parts' outputs (or the first error)."""
-    remaining = [len(parts)]
-    lock = threading.Lock()
-
-    def done(_):
-        with lock:
-            remaining[0] -= 1
-            if remaining[0]:
-                return
-        errors = [p.exception() for p in parts if p.exception() is not None]
-        if errors:
-            future.set_exception(errors[0])
-            return
-        results = [p.result() for p in parts]
-        future.set_result({name: np.concatenate([r[name] for r in results], axis=0) for name in results[0]})
-
-    for part in parts:
-        part.add_done_callback(done)
-
-
-__all__ = ["BatchScheduler", "ServingError", "shape_key"]

@@ -14,13 +14,13 @@ The configs are read with the same parsers ``tests/test_serving_configs.py`` val
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-from tensorflow_serving.config import model_server_config_pb2
-
-from detserve.serving import tfs_config
+from . import tfs_config
+from .options import ServerOptions
 
 CONTAINER_ROOT = "/models"
 
@@ -54,7 +54,7 @@ def _parse(path: Path | str, message_type):
         raise ConfigError(str(error)) from None
 
 
-def load_model_server_config(path: Path | str) -> model_server_config_pb2.ModelServerConfig:
+def load_model_server_config(path: Path | str) -> tfs_config.ModelServerConfig:
     config = _parse(path, tfs_config.ModelServerConfig)
     check_model_server_config(config, str(path))
     return config
@@ -77,9 +77,9 @@ def check_model_server_config(config, source: str = "config") -> None:
         raise ConfigError(f"{source}: model names must be unique, repeated: {', '.join(duplicates)}")
 
 
-def single_model_config(name: str, base_path: str) -> model_server_config_pb2.ModelServerConfig:
+def single_model_config(name: str, base_path: str) -> tfs_config.ModelServerConfig:
     """What ``tensorflow_model_server --model_name --model_base_path`` serves: one model, latest version."""
-    config = model_server_config_pb2.ModelServerConfig()
+    config = tfs_config.ModelServerConfig()
     model = config.model_config_list.config.add()
     model.name = name
     model.base_path = base_path
@@ -88,8 +88,17 @@ def single_model_config(name: str, base_path: str) -> model_server_config_pb2.Mo
 
 
 def load_batching_parameters(path: Path | str):
+    """BatchingParameters checked by TF Serving's start-up rules (``tfs_config.check_batching``) and for what
+    the embedded server implements: large-batch splitting and variable-length padding are not (TF Serving has
+    them; no config of this repository uses them)."""
     params = _parse(path, tfs_config.BatchingParameters)
     problems = tfs_config.check_batching(params, str(path))
+    if params.pad_variable_length_inputs:
+        problems.append(f"{path}: pad_variable_length_inputs: true is not supported by detserve serve (it merges "
+                        "only equally shaped requests); use TensorFlow Serving for it")
+    if params.enable_large_batch_splitting.value:
+        problems.append(f"{path}: enable_large_batch_splitting is not supported by detserve serve (a request "
+                        "larger than max_batch_size is rejected); use TensorFlow Serving for it")
     if problems:
         raise ConfigError("; ".join(problems))
     return params
@@ -148,17 +157,7 @@ class BatchingOptions:
     max_enqueued_batches: int = DEFAULT_MAX_ENQUEUED_BATCHES
     num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     allowed_batch_sizes: tuple[int, ...] = ()
-    pad_variable_length_inputs: bool = False
-    enable_large_batch_splitting: bool = False
-    max_execution_batch_size: int | None = None
     thread_pool_name: str = DEFAULT_THREAD_POOL_NAME
-
-    @property
-    def execution_batch_size(self) -> int:
-        """Largest batch the model runs: max_execution_batch_size when splitting, else max_batch_size."""
-        if self.enable_large_batch_splitting and self.max_execution_batch_size:
-            return self.max_execution_batch_size
-        return self.max_batch_size
 
     def padded_size(self, size: int) -> int:
         """The smallest allowed batch size >= size (size itself without allowed_batch_sizes)."""
@@ -169,30 +168,18 @@ class BatchingOptions:
 
     @classmethod
     def from_proto(cls, params) -> BatchingOptions:
+        """Options from BatchingParameters that :func:`load_batching_parameters` has checked."""
         def value(name, default):
             return getattr(params, name).value if params.HasField(name) else default
 
-        options = cls(
+        return cls(
             max_batch_size=value("max_batch_size", DEFAULT_MAX_BATCH_SIZE),
             batch_timeout_s=value("batch_timeout_micros", 0) / 1e6,
             max_enqueued_batches=value("max_enqueued_batches", DEFAULT_MAX_ENQUEUED_BATCHES),
             num_batch_threads=value("num_batch_threads", os.cpu_count() or 1),
             allowed_batch_sizes=tuple(params.allowed_batch_sizes),
-            pad_variable_length_inputs=bool(params.pad_variable_length_inputs),
-            enable_large_batch_splitting=bool(value("enable_large_batch_splitting", False)),
-            max_execution_batch_size=value("max_execution_batch_size", None),
             thread_pool_name=value("thread_pool_name", DEFAULT_THREAD_POOL_NAME),
         )
-        options.check()
-        return options
-
-    def check(self) -> None:
-        for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"batching: {name} must be >= 1, got {getattr(self, name)}")
-        if self.allowed_batch_sizes and self.allowed_batch_sizes[-1] != self.execution_batch_size:
-            raise ConfigError(f"batching: the last allowed_batch_sizes entry ({self.allowed_batch_sizes[-1]}) must "
-                              f"equal the largest batch the model runs ({self.execution_batch_size})")
 
 
 def prometheus_path(monitoring) -> str | None:
@@ -200,3 +187,47 @@ def prometheus_path(monitoring) -> str | None:
     if monitoring is None or not monitoring.prometheus_config.enable:
         return None
     return monitoring.prometheus_config.path or DEFAULT_PROMETHEUS_PATH
+
+
+def _same(config):
+    return config
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """What the config flags of :class:`ServerOptions` resolve to."""
+
+    model_config: object  # ModelServerConfig with local base paths
+    map_config: Callable = _same  # for configs that arrive later (reload RPC, config polling)
+    config_file: Path | None = None  # re-read every --model-config-file-poll-wait-seconds
+    batching: BatchingOptions | None = None  # None: batching off
+    prometheus_path: str | None = None  # None: no metrics page
+
+
+def serving_config(options: ServerOptions) -> ServingConfig:
+    """Read the config files the options name (the packaged ones by default); ConfigError names a bad one."""
+    if options.model_name:
+        if options.model_config_file:
+            raise ConfigError("--model-name and --model-config-file exclude each other")
+        plain = [p for p in options.base_paths if "=" not in p]
+        if len(plain) > 1 or len(plain) != len(options.base_paths):
+            raise ConfigError("with --model-name, give at most one --model-base-path PATH")
+        base_path = plain[0] if plain else f"{options.config_root.rstrip('/')}/{options.model_name}"
+        config = single_model_config(options.model_name, base_path)
+        overrides: dict[str, str] = {}
+        config_file = None
+    else:
+        config_file = options.model_config_file or packaged_config("models.config")
+        config = load_model_server_config(config_file)
+        overrides = parse_base_path_overrides(options.base_paths)
+
+    def map_config(proto):
+        return map_base_paths(proto, options.repository, overrides, options.config_root)
+
+    batching = None
+    if options.enable_batching:
+        batching = BatchingOptions.from_proto(load_batching_parameters(
+            options.batching_parameters_file or packaged_config("batching.config")))
+    monitoring = load_monitoring_config(options.monitoring_config_file or packaged_config("monitoring.config"))
+    return ServingConfig(map_config(config), map_config, config_file, batching, prometheus_path(monitoring))
+

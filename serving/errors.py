@@ -7,6 +7,8 @@ message, the REST front end answers ``{"error": message}`` with the HTTP status 
 
 from __future__ import annotations
 
+from functools import partial
+
 import grpc
 
 Code = grpc.StatusCode
@@ -55,28 +57,12 @@ def code_from_value(value: int) -> grpc.StatusCode:
     return _BY_VALUE.get(int(value), Code.UNKNOWN)
 
 
-def invalid_argument(message: str) -> ServingError:
-    return ServingError(Code.INVALID_ARGUMENT, message)
-
-
-def not_found(message: str) -> ServingError:
-    return ServingError(Code.NOT_FOUND, message)
-
-
-def failed_precondition(message: str) -> ServingError:
-    return ServingError(Code.FAILED_PRECONDITION, message)
-
-
-def unavailable(message: str) -> ServingError:
-    return ServingError(Code.UNAVAILABLE, message)
-
-
-def unimplemented(message: str) -> ServingError:
-    return ServingError(Code.UNIMPLEMENTED, message)
-
-
-def internal(message: str) -> ServingError:
-    return ServingError(Code.INTERNAL, message)
+# One constructor per code the server raises: ``invalid_argument("...")`` is ``ServingError(INVALID_ARGUMENT, "...")``.
+invalid_argument = partial(ServingError, Code.INVALID_ARGUMENT)
+not_found = partial(ServingError, Code.NOT_FOUND)
+failed_precondition = partial(ServingError, Code.FAILED_PRECONDITION)
+unavailable = partial(ServingError, Code.UNAVAILABLE)
+unimplemented = partial(ServingError, Code.UNIMPLEMENTED)
 
 
 def from_exception(error: BaseException) -> ServingError:

@@ -18,7 +18,6 @@ anywhere, and requests through it fail with NOT_FOUND until the version is loade
 
 from __future__ import annotations
 
-import enum
 import gc
 import logging
 import threading
@@ -27,31 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from detserve.serving import config as cfg
-from detserve.serving.errors import Code, ServingError, failed_precondition, invalid_argument, not_found
-from detserve.serving.metrics import ServingMetrics
-from detserve.serving.servable import LoadError, Servable
-from detserve.serving.versions import ScanError, VersionPolicy, fingerprint, scan_versions
+from . import config as cfg
+from .errors import Code, ServingError, failed_precondition, from_exception, invalid_argument, not_found
+from .metrics import ServingMetrics
+from .servable import LoadError, Servable
+from .versions import ScanError, State, VersionPolicy, VersionStatus, fingerprint, scan_versions
 
 log = logging.getLogger(__name__)
-
-
-class State(enum.IntEnum):
-    """ModelVersionStatus.State values (tensorflow_serving/apis/get_model_status.proto)."""
-
-    UNKNOWN = 0
-    START = 10
-    LOADING = 20
-    AVAILABLE = 30
-    UNLOADING = 40
-    END = 50
-
-
-@dataclass
-class VersionStatus:
-    version: int
-    state: State
-    error: ServingError | None = None  # why an END version failed to load (None: OK)
 
 
 @dataclass
@@ -391,11 +372,6 @@ class ModelManager:
         with self._lock:
             return sorted(name for name, model in self._models.items() if model.configured)
 
-    def available_versions(self, name: str) -> list[int]:
-        with self._lock:
-            model = self._models.get(name)
-            return sorted(model.live) if model else []
-
 
 def _not_found_message(name: str, version: int | None) -> str:
     request = f"Latest({name})" if version is None else f"Specific({name}, {version})"
@@ -407,9 +383,5 @@ def _load_failure(error: BaseException) -> ServingError:
         return ServingError(error.code, f"warmup failed: {error.message}")
     if isinstance(error, LoadError):
         return ServingError(error.code, str(error))
-    code = getattr(error, "error_code", None)
-    if isinstance(code, int):
-        from detserve.serving.errors import code_from_value
-
-        return ServingError(code_from_value(code), getattr(error, "message", str(error)))
-    return ServingError(Code.UNKNOWN, f"{type(error).__name__}: {error}")
+    failure = from_exception(error)  # TensorFlow's errors keep their code; anything else is UNKNOWN
+    return ServingError(Code.UNKNOWN, failure.message) if failure.code == Code.INTERNAL else failure

@@ -1,4 +1,9 @@
-"""Predict, shared by the gRPC and REST front ends: request validation, limits, execution, warmup.
+"""The data plane: predict, metadata and status on numpy arrays and SignatureDefs, for every front end.
+
+gRPC, REST and the warmup replay only decode a request into a :class:`PredictCall` and encode the
+:class:`Prediction` back, as TF Serving's REST handler builds a PredictRequest and calls the same predictor as
+gRPC. The one predict sequence (:meth:`DataPlane.predict`): the version a request names, its Predict signature,
+the output filter, the inputs decoded against the signature, validation, execution.
 
 Validation follows TF Serving's ``PreProcessPrediction`` (same checks, same messages where it has them), and
 adds the checks TF Serving leaves to the TensorFlow runtime, so each mistake gets a message that names it:
@@ -13,24 +18,29 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
-import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from tensorflow.core.framework import types_pb2
 
-from detserve.client.contract import DEFAULT_SIGNATURE, MAX_IMAGE_PIXELS, PREDICT_METHOD
-from detserve.serving.batching import BatchScheduler, shape_key
-from detserve.serving.errors import ServingError, failed_precondition, invalid_argument
-from detserve.serving.manager import Handle, ModelManager
-from detserve.serving.servable import Servable, Signature
-from detserve.serving.tensors import dtype_enum_of, dtype_name, short_dtype_name, to_ndarray
+from detserve.client.contract import DEFAULT_SIGNATURE, MAX_IMAGE_PIXELS, PREDICT_METHOD, ModelSpec
 
-log = logging.getLogger(__name__)
+from .batching import BatchScheduler, shape_key
+from .errors import Code, ServingError, invalid_argument
+from .manager import Handle, ModelManager
+from .metrics import ServingMetrics
+from .servable import Servable, Signature
+from .tensors import dtype_enum_of, dtype_name, short_dtype_name
+from .versions import VersionStatus
 
 DEFAULT_MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
+
+Inputs = Mapping[str, np.ndarray]
+# Turns the request's inputs into numpy arrays once its signature is known (REST needs the declared dtypes).
+Decoder = Callable[[Signature], Inputs]
 
 
 @dataclass(frozen=True)
@@ -38,76 +48,106 @@ class Limits:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
+@dataclass(frozen=True)
+class PredictCall:
+    """A Predict request as the front ends decode it."""
+
+    model: ModelSpec
+    signature_name: str
+    decode: Decoder
+    output_filter: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer: which version and signature ran, and the requested outputs (in the order asked for)."""
+
+    name: str
+    version: int
+    signature: Signature
+    outputs: dict[str, np.ndarray]
+
+
+class SignatureNotFound(ServingError):
+    """The request names a signature the version does not have (REST answers it with its own message)."""
+
+    def __init__(self, name: str):
+        super().__init__(Code.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')
+        self.signature_name = name
+
+
 def _names(keys) -> str:
     return ",".join(sorted(keys))
 
 
-class PredictionCore:
+class DataPlane:
     def __init__(self, manager: ModelManager, executor: concurrent.futures.Executor,
-                 scheduler: BatchScheduler | None = None, limits: Limits = Limits()):
+                 scheduler: BatchScheduler | None = None, limits: Limits = Limits(),
+                 metrics: ServingMetrics | None = None):
         self.manager = manager
         self.executor = executor
         self.scheduler = scheduler
         self.limits = limits
+        self.metrics = metrics or ServingMetrics()
 
-    # -- model spec ---------------------------------------------------------------------------------------
+    # -- the three operations -----------------------------------------------------------------------------
 
-    def acquire(self, name: str, version: int | None = None, label: str | None = None) -> Handle:
-        if not name:
+    async def predict(self, call: PredictCall) -> Prediction:
+        """Run a request on the version it names (ServingError on any failure)."""
+        with self._acquire(call.model) as handle:
+            signature, wanted, inputs, batch_size = self._prepare(handle.servable, call)
+            started = time.perf_counter()
+            future = self._submit(handle.servable, signature, inputs, batch_size)
+            try:
+                outputs = await asyncio.wrap_future(future)
+            except asyncio.CancelledError:  # the client went away (or its deadline passed); the work may be queued
+                handle.hold_until(future)
+                raise
+            self.metrics.runtime_latency.observe(call.model.name, "Predict", "TF2",
+                                                 (time.perf_counter() - started) * 1e6)
+            return Prediction(handle.name, handle.version, signature, {alias: outputs[alias] for alias in wanted})
+
+    def predict_loading(self, servable: Servable, call: PredictCall) -> None:
+        """Run a request on a version that is loading (warmup): the same sequence, before it is AVAILABLE."""
+        signature, _, inputs, batch_size = self._prepare(servable, call)
+        self._submit(servable, signature, inputs, batch_size).result()
+
+    def metadata(self, model: ModelSpec) -> tuple[str, int, object]:
+        """GetModelMetadata's content: the version's name and number, and its SignatureDefMap."""
+        with self._acquire(model) as handle:
+            return handle.name, handle.version, handle.servable.signature_defs
+
+    def status(self, model: ModelSpec) -> list[VersionStatus]:
+        """GetModelStatus: one version's state, or every version seen, newest first."""
+        return self.manager.status(model.name, model.version, model.label)
+
+    # -- the predict sequence -----------------------------------------------------------------------------
+
+    def _acquire(self, model: ModelSpec) -> Handle:
+        if not model.name:
             raise invalid_argument("Missing model name in request.")
-        return self.manager.acquire(name, version, label)
+        return self.manager.acquire(model.name, model.version, model.label)
 
-    @staticmethod
-    def signature(servable: Servable, name: str, *, rest: bool = False) -> Signature:
-        """The signature a request names (serving_default when empty), checked to be a Predict signature."""
-        name = name or DEFAULT_SIGNATURE
-        signature = servable.signatures.get(name)
-        if signature is None or signature.function is None:
-            if rest:  # the REST handler's own lookup (GetInfoMap) answers INVALID_ARGUMENT
-                raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
-            raise failed_precondition(f'Serving signature key "{name}" not found.')
-        if signature.method_name != PREDICT_METHOD:
-            raise invalid_argument(f"Expected prediction signature method_name to be {PREDICT_METHOD}. "
-                                   f"Was: {signature.method_name}")
-        return signature
+    def _prepare(self, servable: Servable, call: PredictCall) -> tuple[Signature, list[str], Inputs, int | None]:
+        signature = _signature(servable, call.signature_name)
+        wanted = _outputs_for(signature, call.output_filter)
+        inputs = call.decode(signature)
+        batch_size = self._validate(signature, inputs)
+        return signature, wanted, inputs, batch_size
+
+    def _submit(self, servable: Servable, signature: Signature, inputs: Inputs,
+                batch_size: int | None) -> concurrent.futures.Future:
+        if self.scheduler is not None and batch_size is not None:
+            key = (servable.name, servable.version, id(servable), signature.name, shape_key(inputs))
+            return self.scheduler.submit(key, signature.run, inputs, batch_size)
+        return self.executor.submit(signature.run, inputs)
 
     # -- validation ---------------------------------------------------------------------------------------
 
-    @staticmethod
-    def outputs_for(signature: Signature, output_filter: Sequence[str]) -> list[str]:
-        if not output_filter:
-            return list(signature.outputs)
-        seen = set()
-        for alias in output_filter:
-            if alias not in signature.outputs:
-                raise invalid_argument(f"output tensor alias not found in signature: {alias} Outputs expected to be "
-                                       f"in the set {{{_names(signature.outputs)}}}.")
-            if alias in seen:
-                raise invalid_argument(f"duplicate output tensor alias: {alias}")
-            seen.add(alias)
-        return list(output_filter)
-
-    @staticmethod
-    def parse_tensor_protos(signature: Signature, protos: Mapping) -> dict[str, np.ndarray]:
-        PredictionCore.check_input_names(signature, protos.keys())
-        return {alias: to_ndarray(proto, alias) for alias, proto in protos.items()}
-
-    @staticmethod
-    def check_input_names(signature: Signature, sent) -> None:
-        sent, expected = set(sent), set(signature.inputs)
-        if len(sent) != len(expected):
-            raise invalid_argument(
-                f"input size does not match signature: {len(sent)}!={len(expected)} len({{{_names(sent)}}}) != "
-                f"len({{{_names(expected)}}}). Sent extra: {{{_names(sent - expected)}}}. Missing but required: "
-                f"{{{_names(expected - sent)}}}.")
-        for alias in sorted(sent - expected):
-            raise invalid_argument(f"input tensor alias not found in signature: {alias}. Inputs expected to be in "
-                                   f"the set {{{_names(expected)}}}.")
-
-    def validate(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> int | None:
+    def _validate(self, signature: Signature, inputs: Inputs) -> int | None:
         """Check every input against the signature and the limits; returns the batch size (None if the
         signature is not batched or the inputs disagree on it)."""
-        self.check_input_names(signature, inputs.keys())
+        _check_input_names(signature, inputs.keys())
         batch_sizes = set()
         for alias, array in inputs.items():
             spec = signature.inputs[alias]
@@ -153,52 +193,43 @@ class PredictionCore:
                     f"input {alias!r}: {height}x{width} images ({height * width} pixels) exceed the server's limit "
                     f"of {limit} pixels per image")
 
-    # -- execution ----------------------------------------------------------------------------------------
 
-    def _submit(self, servable: Servable, signature: Signature, inputs: Mapping[str, np.ndarray],
-                batch_size: int | None) -> concurrent.futures.Future:
-        if self.scheduler is not None and batch_size is not None:
-            key = (servable.name, servable.version, id(servable), signature.name,
-                   shape_key(inputs, self.scheduler.options.pad_variable_length_inputs))
-            return self.scheduler.submit(key, signature.run, inputs, batch_size)
-        return self.executor.submit(signature.run, inputs)
+def _signature(servable: Servable, name: str) -> Signature:
+    """The signature a request names (serving_default when empty), checked to be a Predict signature."""
+    name = name or DEFAULT_SIGNATURE
+    signature = servable.signatures.get(name)
+    if signature is None or signature.function is None:
+        raise SignatureNotFound(name)
+    if signature.method_name != PREDICT_METHOD:
+        raise invalid_argument(f"Expected prediction signature method_name to be {PREDICT_METHOD}. "
+                               f"Was: {signature.method_name}")
+    return signature
 
-    async def run(self, handle: Handle, signature: Signature, inputs: Mapping[str, np.ndarray],
-                  batch_size: int | None) -> dict[str, np.ndarray]:
-        """All outputs of the signature for validated inputs (ServingError on failure)."""
-        future = self._submit(handle.servable, signature, inputs, batch_size)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:  # the client went away (or its deadline passed); the work may be queued
-            handle.hold_until(future)
-            raise
 
-    def run_blocking(self, servable: Servable, signature: Signature, inputs: Mapping[str, np.ndarray],
-                     batch_size: int | None) -> dict[str, np.ndarray]:
-        return self._submit(servable, signature, inputs, batch_size).result()
+def _outputs_for(signature: Signature, output_filter: Sequence[str]) -> list[str]:
+    if not output_filter:
+        return list(signature.outputs)
+    seen = set()
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise invalid_argument(f"output tensor alias not found in signature: {alias} Outputs expected to be "
+                                   f"in the set {{{_names(signature.outputs)}}}.")
+        if alias in seen:
+            raise invalid_argument(f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
+    return list(output_filter)
 
-    def warmup(self, servable: Servable) -> None:
-        """Replay ``assets.extra/tf_serving_warmup_requests`` through the request path (batching included);
-        any failure fails the load, as in TF Serving."""
-        records = servable.warmup_records()
-        replayed = 0
-        for index, record in enumerate(records):
-            kind = record.WhichOneof("log_type")
-            if kind != "predict_log":
-                log.warning("%s version %d: warmup record %d is a %s, which this server does not serve; skipped",
-                            servable.name, servable.version, index, kind)
-                continue
-            request = record.predict_log.request
-            try:
-                signature = self.signature(servable, request.model_spec.signature_name)
-                inputs = self.parse_tensor_protos(signature, request.inputs)
-                batch_size = self.validate(signature, inputs)
-                self.run_blocking(servable, signature, inputs, batch_size)
-            except ServingError as error:
-                raise ServingError(error.code, f"warmup record {index}: {error.message}") from None
-            replayed += 1
-        if records:
-            log.info("%s version %d: replayed %d warmup record(s)", servable.name, servable.version, replayed)
+
+def _check_input_names(signature: Signature, sent) -> None:
+    sent, expected = set(sent), set(signature.inputs)
+    if len(sent) != len(expected):
+        raise invalid_argument(
+            f"input size does not match signature: {len(sent)}!={len(expected)} len({{{_names(sent)}}}) != "
+            f"len({{{_names(expected)}}}). Sent extra: {{{_names(sent - expected)}}}. Missing but required: "
+            f"{{{_names(expected - sent)}}}.")
+    for alias in sorted(sent - expected):
+        raise invalid_argument(f"input tensor alias not found in signature: {alias}. Inputs expected to be in "
+                               f"the set {{{_names(expected)}}}.")
 
 
 def _image_size(data: bytes, alias: str, index: int) -> tuple[int, int]:

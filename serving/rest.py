@@ -23,15 +23,15 @@ from urllib.parse import unquote
 
 from aiohttp import web
 from google.protobuf import json_format
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+from tensorflow_serving.apis import model_pb2
 
-from detserve.client.contract import SIGNATURE_DEF_FIELD
-from detserve.serving import rest_json
-from detserve.serving.errors import Code, ServingError, from_exception, invalid_argument, unimplemented
-from detserve.serving.grpc_service import fill_version_status, model_metadata
-from detserve.serving.manager import ModelManager
-from detserve.serving.metrics import ServingMetrics
-from detserve.serving.predict import PredictionCore
+from detserve.client.contract import SIGNATURE_DEF_FIELD, ModelSpec
+
+from . import rest_json
+from .codec import status_response
+from .errors import Code, ServingError, from_exception, invalid_argument, unimplemented
+from .metrics import ServingMetrics
+from .predict import DataPlane, PredictCall, SignatureNotFound
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ _V1 = re.compile(r"(?i)/v1/.*")
 JSON = "application/json"
 # Bodies above this size are parsed in a worker thread, so one large JSON tensor does not stall the event loop.
 _OFFLOAD_JSON_BYTES = 256 * 1024
+_PROTO_JSON = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
 
 
 def _json_response(body: bytes, status: int = 200) -> web.Response:
@@ -60,29 +61,11 @@ def _version(text: str | None) -> int | None:
         raise invalid_argument(f"Failed to convert version: {text} to numeric.") from None
 
 
-def _status_json(response: get_model_status_pb2.GetModelStatusResponse) -> bytes:
-    document = json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
-    return json.dumps(document, indent=1).encode()
-
-
-def _metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> bytes:
-    """HttpRestApiHandler's metadata JSON: model_spec and the unpacked SignatureDefMap, proto field names."""
-    options = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
-    signature_defs = get_model_metadata_pb2.SignatureDefMap()
-    response.metadata[SIGNATURE_DEF_FIELD].Unpack(signature_defs)
-    document = {
-        "model_spec": json_format.MessageToDict(response.model_spec, **options),
-        "metadata": {SIGNATURE_DEF_FIELD: json_format.MessageToDict(signature_defs, **options)},
-    }
-    return json.dumps(document, indent=1).encode()
-
-
 class RestApi:
-    def __init__(self, core: PredictionCore, manager: ModelManager, metrics: ServingMetrics,
-                 prometheus_path: str | None, timeout_s: float | None):
+    def __init__(self, plane: DataPlane, metrics: ServingMetrics, prometheus_path: str | None,
+                 timeout_s: float | None):
         self.max_body_bytes = 0
-        self.core = core
-        self.manager = manager
+        self.plane = plane
         self.metrics = metrics
         self.prometheus_path = prometheus_path
         self.timeout_s = timeout_s
@@ -114,9 +97,8 @@ class RestApi:
                 if version and label:
                     raise invalid_argument(f"Both model version ({version}) and model version label ({label}) "
                                            "cannot be supplied.")
-                if metadata:
-                    return self._metadata(unquote(name), _version(version), label)
-                return self._status(unquote(name), _version(version), label)
+                model = ModelSpec(unquote(name), _version(version), label)
+                return _json_response(self._metadata(model) if metadata else self._status(model))
             raise invalid_argument(f"Malformed request: {request.method} {path}")
         except ServingError as error:
             return _error_response(error)
@@ -124,25 +106,28 @@ class RestApi:
             log.exception("REST %s %s failed", request.method, path)
             return _error_response(from_exception(error))
 
-    def _status(self, name: str, version: int | None, label: str | None) -> web.Response:
-        response = get_model_status_pb2.GetModelStatusResponse()
-        fill_version_status(response, self.manager.status(name, version, label))
-        return _json_response(_status_json(response))
+    def _status(self, model: ModelSpec) -> bytes:
+        """GetModelStatusResponse as JSON (its proto declares the snake_case JSON names)."""
+        response = status_response(self.plane.status(model))
+        document = json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+        return json.dumps(document, indent=1).encode()
 
-    def _metadata(self, name: str, version: int | None, label: str | None) -> web.Response:
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=[SIGNATURE_DEF_FIELD])
-        request.model_spec.name = name
-        if version is not None:
-            request.model_spec.version.value = version
-        if label:
-            request.model_spec.version_label = label
-        return _json_response(_metadata_json(model_metadata(self.core, request)))
+    def _metadata(self, model: ModelSpec) -> bytes:
+        """HttpRestApiHandler's metadata JSON: model_spec and the SignatureDefMap, proto field names."""
+        name, version, signature_defs = self.plane.metadata(model)
+        spec = model_pb2.ModelSpec(name=name)
+        spec.version.value = version
+        document = {
+            "model_spec": json_format.MessageToDict(spec, **_PROTO_JSON),
+            "metadata": {SIGNATURE_DEF_FIELD: json_format.MessageToDict(signature_defs, **_PROTO_JSON)},
+        }
+        return json.dumps(document, indent=1).encode()
 
     async def _post(self, request: web.Request, name: str, version_text: str | None, label: str | None,
                     method: str) -> web.Response:
         started = time.perf_counter()
         try:
-            version = _version(version_text)
+            model = ModelSpec(name, _version(version_text), label)
             if method != "predict":
                 raise unimplemented(f"{method} is not implemented by the embedded detserve server, which serves "
                                     "Predict signatures only; use :predict, or TensorFlow Serving")
@@ -153,10 +138,7 @@ class RestApi:
                 return _json_response(rest_json.error_body(
                     f"Request body too large: {request.content_length} bytes, the server's limit is "
                     f"{self.max_body_bytes} bytes (--max-message-bytes)"), 413)
-            if self.timeout_s:
-                document = await asyncio.wait_for(self._predict(body, name, version, label), self.timeout_s)
-            else:
-                document = await self._predict(body, name, version, label)
+            document = await asyncio.wait_for(self._predict(body, model), self.timeout_s or None)
         except TimeoutError:
             failure = ServingError(Code.DEADLINE_EXCEEDED, f"Deadline exceeded: the request took more than "
                                                            f"{self.timeout_s:g} s (--rest-api-timeout-in-ms)")
@@ -172,21 +154,17 @@ class RestApi:
         self.metrics.request_latency.observe(name, "predict", "REST", (time.perf_counter() - started) * 1e6)
         return _json_response(document)
 
-    async def _predict(self, body: bytes, name: str, version: int | None, label: str | None) -> bytes:
-        core = self.core
+    async def _predict(self, body: bytes, model: ModelSpec) -> bytes:
+        """Decode the JSON body into a PredictCall, run it on the data plane, encode the outputs."""
+        offload = len(body) > _OFFLOAD_JSON_BYTES
         loop = asyncio.get_running_loop()
-        if len(body) > _OFFLOAD_JSON_BYTES:
-            document = await loop.run_in_executor(core.executor, rest_json.loads, body)
-        else:
-            document = rest_json.loads(body)
-        with core.acquire(name, version, label) as handle:
-            signature = core.signature(handle.servable, rest_json.signature_name_of(document), rest=True)
-            parsed = rest_json.parse_predict(document, signature.inputs)
-            batch_size = core.validate(signature, parsed.inputs)
-            started = time.perf_counter()
-            outputs = await core.run(handle, signature, parsed.inputs, batch_size)
-            self.metrics.runtime_latency.observe(name, "Predict", "TF2", (time.perf_counter() - started) * 1e6)
-        result = rest_json.make_response(outputs, parsed.format)
-        if len(body) > _OFFLOAD_JSON_BYTES:
-            return await loop.run_in_executor(core.executor, rest_json.dumps, result)
-        return rest_json.dumps(result)
+        document = await loop.run_in_executor(self.plane.executor, rest_json.loads, body) if offload else rest_json.loads(body)
+        call = PredictCall(model, rest_json.signature_name_of(document),
+                           lambda signature: rest_json.parse_predict(document, signature.inputs).inputs)
+        try:
+            prediction = await self.plane.predict(call)
+        except SignatureNotFound as error:  # the REST handler's own lookup (GetInfoMap) answers INVALID_ARGUMENT
+            raise invalid_argument(f'Serving signature name: "{error.signature_name}" not found in signature '
+                                   "def") from None
+        result = rest_json.make_response(prediction.outputs, rest_json.request_format(document))
+        return await loop.run_in_executor(self.plane.executor, rest_json.dumps, result) if offload else rest_json.dumps(result)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from tensorflow.core.framework import types_pb2
 
-from detserve.serving.errors import invalid_argument
-from detserve.serving.servable import TensorSpec
-from detserve.serving.tensors import NUMPY_DTYPES, short_dtype_name
+from .errors import invalid_argument
+from .servable import TensorSpec
+from .tensors import NUMPY_DTYPES, short_dtype_name
 
 ROW, COLUMNAR = "row", "columnar"
 
@@ -55,16 +55,21 @@ def _is_b64(value) -> bool:
     return isinstance(value, dict) and len(value) == 1 and "b64" in value
 
 
-def parse_predict(document, specs: Mapping[str, TensorSpec]) -> JsonPredictRequest:
-    """The inputs of a predict request body, as numpy arrays of the signature's dtypes."""
-    signature_name = signature_name_of(document)
+def request_format(document) -> str:
+    """ROW for ``{"instances": ...}``, COLUMNAR for ``{"inputs": ...}`` (exactly one of them)."""
     has_rows, has_columns = "instances" in document, "inputs" in document
     if has_rows and has_columns:
         raise invalid_argument("Not both 'instances' (row format) and 'inputs' (columnar format) can be specified "
                                "in one request")
     if not has_rows and not has_columns:
         raise invalid_argument("Missing 'inputs' or 'instances' key")
-    if has_rows:
+    return ROW if has_rows else COLUMNAR
+
+
+def parse_predict(document, specs: Mapping[str, TensorSpec]) -> JsonPredictRequest:
+    """The inputs of a predict request body, as numpy arrays of the signature's dtypes."""
+    signature_name = signature_name_of(document)
+    if request_format(document) == ROW:
         return JsonPredictRequest(signature_name, _parse_rows(document["instances"], specs), ROW)
     return JsonPredictRequest(signature_name, _parse_columns(document["inputs"], specs), COLUMNAR)
 

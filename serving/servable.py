@@ -18,8 +18,8 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 
 from detserve.client.contract import MAX_WARMUP_RECORDS, SERVE_TAG, warmup_path
-from detserve.serving.errors import Code, code_from_value, failed_precondition, from_exception
-from detserve.serving.tensors import dtype_name
+
+from .errors import Code, code_from_value, failed_precondition, from_exception
 
 
 class LoadError(Exception):
@@ -43,10 +43,6 @@ class TensorSpec:
         else:
             shape = tuple(d.size if d.size >= 0 else None for d in info.tensor_shape.dim)
         return cls(alias, info.dtype, shape)
-
-    def describe(self) -> str:
-        dims = "?" if self.shape is None else "[" + ",".join("-1" if d is None else str(d) for d in self.shape) + "]"
-        return f"{self.alias}: {dtype_name(self.dtype)} {dims}"
 
 
 @dataclass
@@ -104,17 +100,16 @@ def serve_meta_graph(proto: saved_model_pb2.SavedModel, path: Path | str) -> met
                     Code.NOT_FOUND)
 
 
+@dataclass(eq=False)
 class Servable:
     """A loaded version. Build with :meth:`load`; :meth:`unload` drops the TensorFlow objects."""
 
-    def __init__(self, name: str, version: int, path: Path, loaded, signature_defs: get_model_metadata_pb2.SignatureDefMap,
-                 signatures: dict[str, Signature]):
-        self.name = name
-        self.version = version
-        self.path = path
-        self._loaded = loaded
-        self.signature_defs = signature_defs
-        self.signatures = signatures
+    name: str
+    version: int
+    path: Path
+    loaded: object  # what tf.saved_model.load returned; None once unloaded
+    signature_defs: get_model_metadata_pb2.SignatureDefMap  # as GetModelMetadata returns them
+    signatures: dict[str, Signature]
 
     @classmethod
     def load(cls, name: str, version: int, path: Path | str) -> Servable:
@@ -173,16 +168,6 @@ class Servable:
         return records
 
     def unload(self) -> None:
-        self._loaded = None
+        self.loaded = None
         for signature in self.signatures.values():
             signature.function = None
-
-    def describe(self) -> str:
-        lines = []
-        for name, signature in sorted(self.signatures.items()):
-            if name.startswith("__"):
-                continue
-            ins = "; ".join(s.describe() for s in signature.inputs.values())
-            outs = "; ".join(s.describe() for s in signature.outputs.values())
-            lines.append(f"{name} ({ins}) -> ({outs})")
-        return "\n".join(lines)

@@ -5,7 +5,7 @@ Threads: the event loop (both front ends, request parsing and encoding), ``num_b
 retirement threads. TensorFlow releases the GIL while it computes, so the loop keeps accepting while models run.
 
 Shutdown (SIGTERM or SIGINT): both listeners close at once (new connections are refused), requests already
-accepted run to completion (up to ``drain_timeout_s``), queued batches are flushed, then the process exits 0.
+accepted run to completion (up to ``--drain-timeout-seconds``), queued batches are flushed, then the process exits 0.
 """
 
 from __future__ import annotations
@@ -16,47 +16,26 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
 
 import grpc
 from aiohttp import web
 
 from detserve.client.contract import MAX_MESSAGE_BYTES
-from detserve.serving.batching import BatchScheduler
-from detserve.serving.config import BatchingOptions
-from detserve.serving.grpc_service import add_services
-from detserve.serving.manager import ModelManager
-from detserve.serving.metrics import ServingMetrics
-from detserve.serving.predict import Limits, PredictionCore
-from detserve.serving.rest import RestApi
+
+from .batching import BatchScheduler
+from .config import ServingConfig, load_model_server_config
+from .grpc_service import add_services
+from .manager import ModelManager
+from .metrics import ServingMetrics
+from .options import ServerOptions
+from .predict import DataPlane, Limits
+from .rest import RestApi
+from .warmup import replay_warmup
 
 log = logging.getLogger("detserve.serving")
 
 DEFAULT_MAX_MESSAGE_BYTES = MAX_MESSAGE_BYTES
-
-
-@dataclass
-class ServerOptions:
-    model_config: object  # ModelServerConfig with local base paths
-    map_config: Callable = lambda config: config  # for configs that arrive later (reload RPC, config polling)
-    config_file: Path | None = None
-    host: str = "0.0.0.0"
-    grpc_port: int = 8500
-    rest_port: int = 8501  # 0: no REST (as tensorflow_model_server's --rest_api_port=0)
-    batching: BatchingOptions | None = None
-    prometheus_path: str | None = None
-    file_system_poll_wait_seconds: float = 1.0
-    model_config_file_poll_wait_seconds: float = 0.0
-    enable_model_warmup: bool = True
-    allow_version_labels_for_unavailable_models: bool = False
-    rest_api_timeout_ms: int = 30000
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    limits: Limits = field(default_factory=Limits)
-    request_threads: int = 0  # 0: 4 x cores
-    drain_timeout_s: float = 30.0
-    intra_op_threads: int = 0  # 0: TensorFlow's default
-    inter_op_threads: int = 0
 
 
 def configure_tensorflow(intra_op: int, inter_op: int) -> None:
@@ -70,13 +49,14 @@ def configure_tensorflow(intra_op: int, inter_op: int) -> None:
 
 
 class EmbeddedServer:
-    def __init__(self, options: ServerOptions):
+    def __init__(self, options: ServerOptions, config: ServingConfig):
         self.options = options
+        self.config = config
         self.metrics = ServingMetrics()
         self.scheduler: BatchScheduler | None = None
         self.executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.manager: ModelManager | None = None
-        self.core: PredictionCore | None = None
+        self.plane: DataPlane | None = None
         self.grpc_address = ""
         self.rest_address = ""
         self._config_stamp: int | None = None
@@ -85,73 +65,72 @@ class EmbeddedServer:
 
     def load(self) -> None:
         """Size TensorFlow's thread pools and load every aspired version (blocking; raises on a bad config)."""
-        options = self.options
-        configure_tensorflow(options.intra_op_threads, options.inter_op_threads)
+        options, config = self.options, self.config
+        configure_tensorflow(options.tensorflow_intra_op_parallelism, options.tensorflow_inter_op_parallelism)
         threads = options.request_threads or 4 * (os.cpu_count() or 1)
         self.executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="request")
-        if options.batching is not None:
-            self.scheduler = BatchScheduler(options.batching, self.metrics)
+        if config.batching is not None:
+            self.scheduler = BatchScheduler(config.batching, self.metrics)
         self.manager = ModelManager(
-            options.model_config,
+            config.model_config,
             poll_seconds=options.file_system_poll_wait_seconds,
             allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
             metrics=self.metrics,
-            config_reloader=self._read_config_file if options.config_file else None,
+            config_reloader=self._read_config_file if config.config_file else None,
             config_poll_seconds=options.model_config_file_poll_wait_seconds,
         )
-        if options.config_file:
-            self._config_stamp = options.config_file.stat().st_mtime_ns
-        self.core = PredictionCore(self.manager, self.executor, self.scheduler, options.limits)
+        if config.config_file:
+            self._config_stamp = config.config_file.stat().st_mtime_ns
+        self.plane = DataPlane(self.manager, self.executor, self.scheduler,
+                               Limits(max_image_pixels=options.max_image_pixels), self.metrics)
         if options.enable_model_warmup:
-            self.manager.warmup = self.core.warmup
+            self.manager.warmup = partial(replay_warmup, self.plane)
         self.manager.start()
 
     def _read_config_file(self):
         """The config file, re-read for --model-config-file-poll-wait-seconds (None if unchanged)."""
-        from detserve.serving.config import load_model_server_config
-
-        path = self.options.config_file
+        path = self.config.config_file
         stamp = path.stat().st_mtime_ns
         if stamp == self._config_stamp:
             return None
         self._config_stamp = stamp
         log.info("model config %s changed: reloading", path)
-        return self.options.map_config(load_model_server_config(path))
+        return self.config.map_config(load_model_server_config(path))
 
     # -- front ends ---------------------------------------------------------------------------------------
 
     async def serve(self, stop: asyncio.Event, ready: Callable[[], None] | None = None) -> None:
         """Listen until ``stop`` is set, then drain."""
-        options = self.options
+        options, config = self.options, self.config
         limit = options.max_message_bytes
         grpc_server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),  # fail on a port in use instead of sharing it
         ])
-        add_services(grpc_server, self.core, self.manager, self.metrics, options.map_config)
+        add_services(grpc_server, self.plane, self.manager, self.metrics, config.map_config)
         host = options.host
-        port = grpc_server.add_insecure_port(f"{_bracket(host)}:{options.grpc_port}")
+        port = grpc_server.add_insecure_port(f"{_bracket(host)}:{options.port}")
         await grpc_server.start()
         self.grpc_address = f"{host}:{port}"
         runner = None
-        if options.rest_port:
-            api = RestApi(self.core, self.manager, self.metrics, options.prometheus_path,
-                          options.rest_api_timeout_ms / 1000 if options.rest_api_timeout_ms > 0 else None)
+        if options.rest_api_port:
+            api = RestApi(self.plane, self.metrics, config.prometheus_path,
+                          options.rest_api_timeout_in_ms / 1000 if options.rest_api_timeout_in_ms > 0 else None)
             runner = web.AppRunner(api.app(limit), handle_signals=False, access_log=None,
-                                   shutdown_timeout=options.drain_timeout_s)
+                                   shutdown_timeout=options.drain_timeout_seconds)
             await runner.setup()
-            site = web.TCPSite(runner, host, options.rest_port, reuse_address=True)
+            site = web.TCPSite(runner, host, options.rest_api_port, reuse_address=True)
             await site.start()
-            self.rest_address = f"{host}:{options.rest_port}"
+            self.rest_address = f"{host}:{options.rest_api_port}"
         log.info("serving %s: gRPC on %s, REST on %s%s", ", ".join(self.manager.model_names()) or "no models",
                  self.grpc_address, self.rest_address or "(off)",
-                 f", metrics at {options.prometheus_path}" if options.prometheus_path and runner else "")
+                 f", metrics at {config.prometheus_path}" if config.prometheus_path and runner else "")
         if ready is not None:
             ready()
         await stop.wait()
-        log.info("shutting down: no new requests; draining those in flight (up to %g s)", options.drain_timeout_s)
-        tasks = [grpc_server.stop(options.drain_timeout_s)]
+        log.info("shutting down: no new requests; draining those in flight (up to %g s)", options.drain_timeout_seconds)
+        tasks = [grpc_server.stop(options.drain_timeout_seconds)]
         if runner is not None:
             tasks.append(runner.cleanup())
         await asyncio.gather(*tasks)
@@ -159,7 +138,7 @@ class EmbeddedServer:
     def shutdown(self) -> None:
         """After the front ends have drained: flush batches, stop polling, release the models' threads."""
         if self.scheduler is not None:
-            self.scheduler.stop(timeout=self.options.drain_timeout_s)
+            self.scheduler.stop(timeout=self.options.drain_timeout_seconds)
         if self.manager is not None:
             self.manager.stop()
         if self.executor is not None:

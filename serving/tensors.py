@@ -15,7 +15,7 @@ import math
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from detserve.serving.errors import invalid_argument
+from .errors import invalid_argument
 
 DT = types_pb2.DataType
 

@@ -1,86 +1,27 @@
 """Parse the TensorFlow Serving text-proto configs in serving/ the way tensorflow_model_server does.
 
-``ModelServerConfig`` comes from the tensorflow-serving-api wheel. That wheel does not ship
-``BatchingParameters`` (tensorflow_serving/servables/tensorflow/session_bundle_config.proto) nor
-``MonitoringConfig`` (tensorflow_serving/config/monitoring_config.proto), so both are described here with the
-protobuf runtime, in a private descriptor pool, using the field names and types of TF Serving's definitions (text
-format is keyed by name). ``text_format.Parse`` against them rejects an unknown field or a wrong type, just as the
-server's ``ParseProtoTextFile`` does at start-up. A field TF Serving adds later must be added here before use.
+The messages are TF Serving's own, compiled by protoc: ``ModelServerConfig`` from the tensorflow-serving-api
+wheel (the server's one source of TF Serving protos), and the two that wheel does not ship from verbatim copies
+of TF Serving's definitions beside this module: ``BatchingParameters`` (session_bundle_config.proto) and
+``MonitoringConfig`` (monitoring_config.proto). ``text_format.Parse`` against them rejects an unknown field or a
+wrong type, just as the server's ``ParseProtoTextFile`` does at start-up. After editing a .proto file, regenerate
+its module from the repository root (grpcio-tools is in requirements/runtime.txt)::
+
+    python -m grpc_tools.protoc --proto_path=detserve/serving=serving --python_out=build/protos \
+        detserve/serving/session_bundle_config.proto detserve/serving/monitoring_config.proto
+    cp build/protos/detserve/serving/*_pb2.py serving/
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-_F = descriptor_pb2.FieldDescriptorProto
+from .monitoring_config_pb2 import MonitoringConfig
+from .session_bundle_config_pb2 import BatchingParameters
 
-
-def _build_pool() -> descriptor_pool.DescriptorPool:
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-
-    def add_message(file: descriptor_pb2.FileDescriptorProto, name: str, fields) -> None:
-        msg = file.message_type.add(name=name)
-        for field_name, number, kind, type_name, label in fields:
-            field = msg.field.add(name=field_name, number=number, type=kind, label=label)
-            if type_name:
-                field.type_name = type_name
-
-    optional, repeated = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
-    msg, boolean, string, int64 = _F.TYPE_MESSAGE, _F.TYPE_BOOL, _F.TYPE_STRING, _F.TYPE_INT64
-
-    batching = descriptor_pb2.FileDescriptorProto(
-        name="detserve/tfs/session_bundle_config_subset.proto",
-        package="tensorflow.serving",
-        syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"],
-    )
-    add_message(
-        batching,
-        "BatchingParameters",
-        [
-            ("max_batch_size", 1, msg, ".google.protobuf.Int64Value", optional),
-            ("batch_timeout_micros", 2, msg, ".google.protobuf.Int64Value", optional),
-            ("max_enqueued_batches", 3, msg, ".google.protobuf.Int64Value", optional),
-            ("num_batch_threads", 4, msg, ".google.protobuf.Int64Value", optional),
-            ("thread_pool_name", 5, msg, ".google.protobuf.StringValue", optional),
-            ("allowed_batch_sizes", 6, int64, None, repeated),
-            ("pad_variable_length_inputs", 7, boolean, None, optional),
-            ("enable_large_batch_splitting", 8, msg, ".google.protobuf.BoolValue", optional),
-            ("max_execution_batch_size", 9, msg, ".google.protobuf.Int64Value", optional),
-        ],
-    )
-    pool.Add(batching)
-
-    monitoring = descriptor_pb2.FileDescriptorProto(
-        name="detserve/tfs/monitoring_config.proto", package="tensorflow.serving", syntax="proto3"
-    )
-    add_message(
-        monitoring,
-        "PrometheusConfig",
-        [("enable", 1, boolean, None, optional), ("path", 2, string, None, optional)],
-    )
-    add_message(
-        monitoring,
-        "MonitoringConfig",
-        [("prometheus_config", 1, msg, ".tensorflow.serving.PrometheusConfig", optional)],
-    )
-    pool.Add(monitoring)
-    return pool
-
-
-_POOL = _build_pool()
-BatchingParameters = message_factory.GetMessageClass(
-    _POOL.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
-)
-MonitoringConfig = message_factory.GetMessageClass(
-    _POOL.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
-)
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 
 

@@ -1,4 +1,5 @@
-"""Which versions of a model the server should serve: the repository scan and the version policy.
+"""Which versions of a model the server should serve (the repository scan, the version policy), and the states
+a version goes through.
 
 As TF Serving's file-system source: every child directory of ``base_path`` whose name is a non-negative integer
 is a version (``00007`` is version 7; hidden ``.tmp-export-*`` directories and files are ignored; the rule is
@@ -12,11 +13,32 @@ detserve.client.contract.version_dirs). The policy
 
 from __future__ import annotations
 
+import enum
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from detserve.client.contract import version_dirs
+
+from .errors import ServingError
+
+
+class State(enum.IntEnum):
+    """ModelVersionStatus.State values (tensorflow_serving/apis/get_model_status.proto)."""
+
+    UNKNOWN = 0
+    START = 10
+    LOADING = 20
+    AVAILABLE = 30
+    UNLOADING = 40
+    END = 50
+
+
+@dataclass
+class VersionStatus:
+    version: int
+    state: State
+    error: ServingError | None = None  # why an END version failed to load (None: OK)
 
 
 class ScanError(OSError):
@@ -63,13 +85,6 @@ class VersionPolicy:
         if self.kind == "specific":
             return present & set(self.versions)
         return set(sorted(present)[-self.num_versions:])
-
-    def describe(self) -> str:
-        if self.kind == "all":
-            return "all versions"
-        if self.kind == "specific":
-            return "versions " + ", ".join(map(str, self.versions))
-        return f"latest {self.num_versions}"
 
 
 def fingerprint(version_dir: Path | str) -> tuple:

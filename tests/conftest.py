@@ -105,7 +105,7 @@ def trained_model(synthetic_data, tmp_path_factory) -> TrainedModel:
     request = TrainingRequest(data_dir=synthetic_data, model_dir=model_dir, steps=steps, batch_size=4,
                               learning_rate=0.08, warmup_steps=20, depth_multiplier=0.35, image_size=image_size,
                               augmentations=[])
-    list(prepare_run(request))
+    prepare_run(request, echo=None)
     # Checkpoints every 75 steps: train_loop alone would stop saving at 150; detserve saves the last step.
     train(model_dir, steps, checkpoint_every=75, preferred_steps_per_loop=1, progress=False, seed=0)
     return TrainedModel(data_dir=synthetic_data, model_dir=model_dir, steps=steps, image_size=image_size)

@@ -20,7 +20,7 @@ from detserve.client import Detector, ModelNotFound
 from detserve.client.cli import main as detserve
 from detserve.client.images import resize_bilinear
 
-testing = pytest.importorskip("detserve.serving.testing", reason="the embedded server (detserve serve) is not here")
+testing = pytest.importorskip("serving_harness", reason="the embedded server (detserve serve) is not here")
 
 TRANSPORTS = ["grpc", "rest"]
 

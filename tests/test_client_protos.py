@@ -43,10 +43,20 @@ from detserve.client.protos import (
 )
 from detserve.client.protos._pool import POOL
 from detserve.client.tensors import make_ndarray, make_tensor_proto
-from detserve.client.transport import _GRPC_METHODS, parse_rest_metadata
+from detserve.client.wire import GRPC_METHODS, parse_rest_metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLIENT = REPO_ROOT / "client"
+
+# Blocks any import of TensorFlow / tensorflow-serving-api in a subprocess, as if they were not installed.
+NO_TENSORFLOW = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('tensorflow', 'tensorflow_serving', 'tf_keras', 'keras'):
+            raise ImportError('blocked for this test: ' + name)
+sys.meta_path.insert(0, _Block())
+"""
 
 # (client module, official module) per .proto.
 PAIRS = [
@@ -153,10 +163,10 @@ def test_grpc_method_paths_and_types_are_tf_servings():
             other = official_service.methods_by_name[method.name]
             assert (method.input_type.full_name, method.output_type.full_name) == (
                 other.input_type.full_name, other.output_type.full_name)
-    assert {name: path for name, (path, _) in _GRPC_METHODS.items()} == {
-        "predict": "/tensorflow.serving.PredictionService/Predict",
-        "metadata": "/tensorflow.serving.PredictionService/GetModelMetadata",
-        "status": "/tensorflow.serving.ModelService/GetModelStatus",
+    assert {name: path for name, (path, _) in GRPC_METHODS.items()} == {
+        "Predict": "/tensorflow.serving.PredictionService/Predict",
+        "GetModelMetadata": "/tensorflow.serving.PredictionService/GetModelMetadata",
+        "GetModelStatus": "/tensorflow.serving.ModelService/GetModelStatus",
     }
 
 
@@ -293,7 +303,7 @@ def test_rest_json_of_official_messages_parses_with_the_client():
     assert printed["metadata"]["signature_def"]["@type"].endswith("tensorflow.serving.SignatureDefMap")
     for payload in (printed, {**printed, "metadata": {"signature_def": {
             k: v for k, v in printed["metadata"]["signature_def"].items() if k != "@type"}}}):
-        meta = ModelMetadata.from_proto(parse_rest_metadata(payload))
+        meta = parse_rest_metadata(payload)
         assert meta.input_size == (320, 320) and meta.version == 2
         assert meta.bytes_signature is None and meta.image_signature.name == "serving_default"
 
@@ -332,24 +342,18 @@ def test_generated_code_is_current():
 def test_client_imports_and_builds_requests_without_tensorflow():
     """In a process where importing tensorflow / tensorflow_serving fails, as with only detserve-client
     installed."""
-    code = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('tensorflow', 'tensorflow_serving', 'keras', 'tf_keras'):
-            raise ImportError('blocked: ' + name)
-sys.meta_path.insert(0, Block())
+    code = NO_TENSORFLOW + """
 import numpy as np
 import detserve.client, detserve.client.cli, detserve.client.draw, detserve.client.contract
-from detserve.client.detector import _Core
+from detserve.client.core import DetectorCore
 from detserve.client.tensors import make_tensor_proto
-core = _Core('grpc://localhost:8500', 'detector', None, 'canary', encoding='auto', signature=None,
-             score_threshold=0.0, max_detections=None, timeout=1.0, retry=None, headers=None, ca_cert=None,
-             client_cert=None, client_key=None, server_name=None, max_message_bytes=1 << 20, input_size=None,
-             resize_method='bilinear_legacy', jpeg_quality=95, max_batch_size=8)
+core = DetectorCore('grpc://localhost:8500', 'detector', None, 'canary', encoding='auto', signature=None,
+                    score_threshold=0.0, max_detections=None, timeout=1.0, retry=None, headers=None, ca_cert=None,
+                    client_cert=None, client_key=None, server_name=None, max_message_bytes=1 << 20, input_size=None,
+                    resize_method='bilinear_legacy', jpeg_quality=95, max_batch_size=8)
 from detserve.client.metadata import Signature, TensorSpec
 sig = Signature('serving_default', '', {'images': TensorSpec('images', 'DT_UINT8', (None, None, None, 3))}, {})
-request = core.predict_request(sig, {'images': np.zeros((1, 4, 4, 3), np.uint8)})
+request = core.wire.predict(sig, {'images': np.zeros((1, 4, 4, 3), np.uint8)}).message
 assert request.model_spec.version_label == 'canary' and len(request.SerializeToString()) > 48
 assert not [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_serving')]
 print('ok')

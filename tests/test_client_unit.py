@@ -3,9 +3,11 @@ box mapping, annotation."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import random
 import time
+from functools import partial
 
 import grpc
 import numpy as np
@@ -14,32 +16,39 @@ import tensorflow as tf
 from PIL import Image
 
 from detserve.client import (
+    AsyncDetector,
     Box,
     DeadlineExceeded,
     Detection,
+    Detector,
     DetserveClientError,
     InvalidInput,
     ModelNotFound,
     RetryPolicy,
     ServerUnavailable,
 )
-from detserve.client.detector import _Core
+from detserve.client import detector as detector_module
+from detserve.client.address import parse_server
+from detserve.client.core import DetectorCore
+from detserve.client.detections import detections_from
 from detserve.client.draw import annotate
+from detserve.client.drivers import AsyncDriver, BlockingDriver
 from detserve.client.errors import from_grpc_error, from_http_error
 from detserve.client.images import encode_image, load_image, resize_bilinear
 from detserve.client.metadata import Signature, TensorSpec
-from detserve.client.retry import call_with_retry
+from detserve.client.protos import get_model_metadata_pb2, predict_pb2, types_pb2
+from detserve.client.retry import retrying
+from detserve.client.steps import Offload
 from detserve.client.tensors import json_to_ndarray, make_ndarray, make_tensor_proto
-from detserve.client.transport import parse_server
 
 
-def _core(**overrides) -> _Core:
+def _core(**overrides) -> DetectorCore:
     args = dict(server="grpc://localhost:8500", model="detector", version=None, label=None, encoding="auto",
                 signature=None, score_threshold=0.0, max_detections=None, timeout=1.0, retry=None, headers=None,
                 ca_cert=None, client_cert=None, client_key=None, server_name=None, max_message_bytes=1 << 26,
                 input_size=None, resize_method="bilinear_legacy", jpeg_quality=95, max_batch_size=32)
     args.update(overrides)
-    return _Core(**args)
+    return DetectorCore(**args)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -209,6 +218,11 @@ def test_constructor_checks():
 # Retries
 
 
+def call_with_retry(function, **options):
+    """``retrying`` run as Detector runs it, ``function(remaining)`` standing in for the transport's send."""
+    return BlockingDriver(None).run(retrying(lambda remaining: Offload(partial(function, remaining)), **options))
+
+
 def _flaky(errors: list[Exception], result="ok"):
     calls = []
 
@@ -254,6 +268,18 @@ def test_retries_stay_inside_the_deadline():
     # Without the deadline 100 attempts would take ~5 s; the slack over 0.3 s is for a loaded CI machine.
     assert time.monotonic() - started < 1.0
     assert all(remaining <= 0.3 for remaining in calls) and calls == sorted(calls, reverse=True)
+
+
+def test_async_driver_runs_the_same_retries():
+    policy = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.002)
+    function, calls = _flaky([ServerUnavailable("busy"), ServerUnavailable("busy")])
+    operation = retrying(lambda remaining: Offload(partial(function, remaining)), policy=policy, timeout=5, what="t")
+    assert asyncio.run(AsyncDriver(lambda: None).run(operation)) == "ok" and len(calls) == 3
+    function, calls = _flaky([InvalidInput("bad")])
+    operation = retrying(lambda remaining: Offload(partial(function, remaining)), policy=policy, timeout=5, what="t")
+    with pytest.raises(InvalidInput):
+        asyncio.run(AsyncDriver(lambda: None).run(operation))
+    assert len(calls) == 1
 
 
 def test_retry_after_is_honoured():
@@ -315,25 +341,44 @@ def _outputs(boxes, scores, classes, names=None):
 
 
 def test_detections_map_normalised_boxes_to_original_pixels():
-    core = _core()
     image = load_image(np.zeros((778, 1563, 3), np.uint8))
     outputs = _outputs([[0.25, 0.1, 0.75, 0.5], [0.0, 0.0, 1.0, 1.0], [0.1, 0.1, 0.2, 0.2]], [0.9, 0.6, 0.3],
                        [1, 2, 3], [b"with_mask", b"", b"x"])
-    detections = core.detections(outputs, 0, image, 0.5, None, {2: "without_mask"})
+    detections = detections_from(outputs, 0, image, 0.5, None, {2: "without_mask"})
     assert [d.label for d in detections] == ["with_mask", "without_mask"]  # "" falls back to the class names
     first = detections[0]
     assert first.box_normalized == Box(np.float32(0.1), np.float32(0.25), np.float32(0.5), np.float32(0.75))
     assert first.box == Box(float(np.float32(0.1)) * 1563, float(np.float32(0.25)) * 778,
                             float(np.float32(0.5)) * 1563, float(np.float32(0.75)) * 778)
     assert detections[1].box == Box(0.0, 0.0, 1563.0, 778.0)
-    assert len(core.detections(outputs, 0, image, 0.0, 2, None)) == 2
-    assert core.detections(outputs, 0, image, 0.0, None, None)[1].label == "2"  # no names anywhere: the id
+    assert len(detections_from(outputs, 0, image, 0.0, 2, None)) == 2
+    assert detections_from(outputs, 0, image, 0.0, None, None)[1].label == "2"  # no names anywhere: the id
 
 
 def test_only_num_detections_are_read():
     outputs = _outputs([[0, 0, 1, 1]] * 3, [0.9, 0.8, 0.7], [1, 1, 1])
     outputs["num_detections"] = np.array([2.0], np.float32)
-    assert len(_core().detections(outputs, 0, load_image(np.zeros((4, 4, 3), np.uint8)), 0.0, None, None)) == 2
+    assert len(detections_from(outputs, 0, load_image(np.zeros((4, 4, 3), np.uint8)), 0.0, None, None)) == 2
+
+
+def test_a_new_per_detection_output_reaches_detection_extras(monkeypatch):
+    # docs/architecture.md: a new output tensor is its name in the contract and its value in the export; the
+    # client carries every per-detection contract output it does not model itself in Detection.extras.
+    from detserve.client import detections as detections_module
+
+    monkeypatch.setattr(detections_module, "DETECTION_OUTPUTS",
+                        (*detections_module.DETECTION_OUTPUTS, "detection_multiclass_scores"))
+    outputs = _outputs([[0, 0, 1, 1], [0, 0, 0.5, 0.5]], [0.9, 0.2], [1, 2], [b"a", b"b"])
+    outputs["detection_multiclass_scores"] = np.array([[[0.05, 0.9, 0.05], [0.7, 0.1, 0.2]]], np.float32)
+    outputs["not_in_the_contract"] = np.array([[7.0, 8.0]], np.float32)
+    image = load_image(np.zeros((4, 4, 3), np.uint8))
+    found = detections_from(outputs, 0, image, 0.0, None, None)
+    assert [d.extras for d in found] == [{"detection_multiclass_scores": pytest.approx([0.05, 0.9, 0.05])},
+                                         {"detection_multiclass_scores": pytest.approx([0.7, 0.1, 0.2])}]
+    assert found[0].to_dict()["extras"]["detection_multiclass_scores"] == pytest.approx([0.05, 0.9, 0.05])
+    monkeypatch.undo()
+    plain = detections_from(outputs, 0, image, 0.0, None, None)[0]
+    assert plain.extras == {} and "extras" not in plain.to_dict()  # today's outputs: to_dict is unchanged
 
 
 def test_plan_groups_requests_and_resizes():
@@ -345,16 +390,80 @@ def test_plan_groups_requests_and_resizes():
     meta = ModelMetadata("detector", 1, {"serving_default": Signature("serving_default", "", {"images": spec}, outputs)},
                          input_size=(64, 48))
     images = [np.zeros((10 + i, 20, 3), np.uint8) for i in range(5)]
-    loaded, chunks = _core(max_batch_size=2).plan(meta, images)
-    assert [c.indices for c in chunks] == [[0, 1], [2, 3], [4]]
-    assert chunks[0].payload.shape == (2, 64, 48, 3) and chunks[0].payload.dtype == np.uint8
+    plan = _core(max_batch_size=2).plan(meta, images)
+    assert [b.indices for b in plan.batches] == [[0, 1], [2, 3], [4]] and plan.signature.name == "serving_default"
+    assert plan.batches[0].payload.shape == (2, 64, 48, 3) and plan.batches[0].payload.dtype == np.uint8
     # Without an input size, images are sent as they are, and only equal shapes share a request.
     meta.input_size = None
-    _, chunks = _core().plan(meta, [images[0], images[0], images[1]])
-    assert [c.indices for c in chunks] == [[0, 1], [2]]
+    plan = _core().plan(meta, [images[0], images[0], images[1]])
+    assert [b.indices for b in plan.batches] == [[0, 1], [2]]
     # No string signature: encoded requests name the problem.
     with pytest.raises(ModelNotFound, match="encoded images"):
         _core(encoding="jpeg").plan(meta, images)
+
+
+class _ScriptedTransport:
+    """A gRPC server in memory: one uint8 detection signature, one detection per image (score = its index)."""
+
+    def __init__(self):
+        self.sent: list[str] = []
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        definition = signatures.signature_def["serving_default"]
+        definition.inputs["images"].dtype = types_pb2.DT_UINT8
+        for _ in range(4):
+            definition.inputs["images"].tensor_shape.dim.add().size = -1
+        for key in ("detection_boxes", "detection_scores", "detection_classes", "num_detections"):
+            definition.outputs[key].dtype = types_pb2.DT_FLOAT
+        self.metadata = get_model_metadata_pb2.GetModelMetadataResponse()
+        self.metadata.model_spec.name = "detector"
+        self.metadata.metadata["signature_def"].Pack(signatures)
+        self.images = 0
+
+    def send(self, request, timeout):
+        self.sent.append(request.rpc)
+        if request.rpc == "GetModelMetadata":
+            return self.metadata
+        batch = make_ndarray(request.message.inputs["images"]).shape[0]
+        scores = np.arange(self.images, self.images + batch, dtype=np.float32)[:, None]
+        self.images += batch
+        response = predict_pb2.PredictResponse()
+        for key, value in (("detection_boxes", np.full((batch, 1, 4), 0.5, np.float32)), ("detection_scores", scores),
+                           ("detection_classes", np.ones((batch, 1), np.float32)),
+                           ("num_detections", np.ones(batch, np.float32))):
+            response.outputs[key].CopyFrom(make_tensor_proto(value))
+        return response
+
+    def close(self):
+        pass
+
+
+class _AsyncScriptedTransport(_ScriptedTransport):
+    async def send(self, request, timeout):
+        await asyncio.sleep(0)  # let the concurrent calls interleave
+        return super().send(request, timeout)
+
+    async def close(self):
+        pass
+
+
+def test_detector_and_async_detector_run_the_same_operations(monkeypatch):
+    transports = {False: _ScriptedTransport(), True: _AsyncScriptedTransport()}
+    monkeypatch.setattr(detector_module, "open_transport", lambda address, asynchronous, **_: transports[asynchronous])
+    images = [np.zeros((10 + i, 20, 3), np.uint8) for i in range(5)]
+    with Detector("grpc://localhost:1", max_batch_size=2, input_size=(8, 8)) as detector:
+        blocking = detector.detect_batch(images)
+    assert [[d.score for d in found] for found in blocking] == [[0.0], [1.0], [2.0], [3.0], [4.0]]
+    assert blocking[0][0].box == Box(10.0, 5.0, 10.0, 5.0)  # 0.5 of 20x10, x first
+    assert transports[False].sent == ["GetModelMetadata", "Predict", "Predict", "Predict"]
+
+    async def run():
+        async with AsyncDetector("grpc://localhost:1", max_batch_size=2, input_size=(8, 8)) as detector:
+            return await asyncio.gather(detector.detect_batch(images), detector.detect_batch(images))
+
+    first, second = asyncio.run(run())
+    assert [len(found) for found in first + second] == [1] * 10
+    # One GetModelMetadata for the concurrent first calls; each call's three Predicts run together.
+    assert transports[True].sent.count("GetModelMetadata") == 1 and transports[True].sent.count("Predict") == 6
 
 
 def test_annotate_draws_labelled_boxes():

@@ -14,16 +14,13 @@ import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image
 
+from detserve.training.checkpoints import latest_checkpoint
 from detserve.training.data.label_map import write_label_map
 from detserve.training.data.records import BoxObject, ImageRecord
 from detserve.training.data.tfrecord import EncodedImage, make_example, write_shards
 from detserve.training.evaluation.cli import evaluate as evaluate_command
 from detserve.training.evaluation.evaluate import GRID_FILENAME, evaluate, unbatch_detections
-from detserve.training.evaluation.predictors import (
-    checkpoint_predictor,
-    latest_checkpoint,
-    saved_model_predictor,
-)
+from detserve.training.evaluation.predictors import checkpoint_predictor, saved_model_predictor
 from detserve.training.evaluation.report import METRICS_FILENAME, read_metrics_json
 
 CLASSES = ["with_mask", "without_mask"]

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from detserve.export import exporter
 from detserve.export.cli import export as export_command
+from detserve.export.images import sample_images, with_resized_copies
 from detserve.export.parity import Tolerance, compare_detections, measure_tolerance
 from detserve.export.signatures import (
     BYTES_SIGNATURE,
@@ -212,9 +213,9 @@ def test_warmup_file_holds_prediction_logs_for_both_signatures(exported, loaded)
 def verification_inputs(exported, loaded):
     """What the exporter hands the verification: samples of the test split and their resized copies, the
     source's detections of each alone (here the verified export itself), the tolerance measured on it."""
-    images, _ = exporter.sample_images(split_pattern(exported.trained.data_dir, "test"))
+    images, _ = sample_images(split_pattern(exported.trained.data_dir, "test"))
     size = (exported.trained.image_size,) * 2
-    images = exporter.with_resized_copies(images, size)
+    images = with_resized_copies(images, size)
     default = loaded.signatures[DEFAULT_SIGNATURE]
     reference = [run(default)(image[np.newaxis]) for image in images]
     label_map = read_label_map(exported.path / "assets" / "label_map.pbtxt")

@@ -53,7 +53,7 @@ def test_prune_removes_versions_as_spelled_on_disk(tmp_path):
 def test_resized_copies_skip_images_already_at_the_input_size():
     import numpy as np
 
-    from detserve.export.exporter import with_resized_copies
+    from detserve.export.images import with_resized_copies
 
     images = [np.zeros((32, 32, 3), np.uint8), np.zeros((20, 40, 3), np.uint8)]
     copies = with_resized_copies(images, (32, 32))
@@ -245,15 +245,15 @@ def test_invalid_model_name_is_refused(tmp_path):
 
 def test_the_pipeline_s_nms_settings_reach_the_tolerance(tmp_path):
     """pipeline.config's batch_non_max_suppression -> the arguments measure_tolerance takes."""
-    from detserve.export.exporter import pipeline_nms
     from detserve.export.parity import measure_tolerance
+    from detserve.export.pipeline import NO_NMS, read_pipeline_config
 
     config = tmp_path / "pipeline.config"
     config.write_text("model { ssd { num_classes: 2 post_processing { batch_non_max_suppression {"
                       " score_threshold: 0.3 iou_threshold: 0.5 use_class_agnostic_nms: true } } } }")
-    nms = pipeline_nms(config)
+    nms = read_pipeline_config(config).nms
     assert nms == pytest.approx((0.5, True, 0.3))
     tolerance = measure_tolerance(lambda batch: {}, [], [], *nms)
     assert (tolerance.nms_iou_threshold, tolerance.class_agnostic_nms) == (pytest.approx(0.5), True)
     assert tolerance.nms_score_threshold == pytest.approx(0.3)
-    assert pipeline_nms(None) == (None, False, 0.0)
+    assert NO_NMS == (None, False, 0.0)  # what an adopted SavedModel without pipeline.config gets

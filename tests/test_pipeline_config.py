@@ -11,6 +11,8 @@ from detserve.training.pipeline_config import (
     TrainingOptions,
     load_pipeline_config,
     render_pipeline_config,
+    save_pipeline_config,
+    set_step_budget,
     write_pipeline_config,
 )
 
@@ -77,3 +79,26 @@ def test_bad_options_are_named(data_dir: Path, change: dict, message: str) -> No
 def test_missing_label_map_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="detserve data"):
         render_pipeline_config(TrainingOptions(data_dir=tmp_path))
+
+
+def test_derived_defaults_follow_the_other_options(data_dir: Path) -> None:
+    scratch = TrainingOptions(data_dir=data_dir, num_steps=1000, learning_rate=0.06)
+    assert (scratch.resolved_warmup_steps(), scratch.resolved_warmup_learning_rate()) == (100, 0.02)
+    assert TrainingOptions(data_dir=data_dir, num_steps=5000).resolved_warmup_steps() == 300
+    assert scratch.resolved_batch_norm_decay() == 0.9
+    assert TrainingOptions(data_dir=data_dir, fine_tune_checkpoint="/ckpt/x-1").resolved_batch_norm_decay() == 0.997
+
+
+def test_a_resumed_run_stretches_the_schedule_and_keeps_the_rest(data_dir: Path, tmp_path: Path) -> None:
+    path = write_pipeline_config(TrainingOptions(data_dir=data_dir, num_steps=100), tmp_path / "pipeline.config")
+    config = load_pipeline_config(path)
+    set_step_budget(config, 300)
+    save_pipeline_config(config, path)
+
+    resumed = load_pipeline_config(path)
+    assert resumed.train_config.num_steps == 300
+    cosine = resumed.train_config.optimizer.momentum_optimizer.learning_rate.cosine_decay_learning_rate
+    assert (cosine.total_steps, cosine.warmup_steps) == (300, 10)  # the warm-up of the 100-step run stays
+    assert resumed.model == load_pipeline_config(write_pipeline_config(
+        TrainingOptions(data_dir=data_dir, num_steps=300), tmp_path / "fresh" / "pipeline.config")).model
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "label_map.pbtxt", "pipeline.config"]  # no staging left

@@ -18,6 +18,7 @@ import pytest
 import requests
 from google.protobuf import text_format
 from prometheus_client.parser import text_string_to_metric_families
+from serving_harness import ServerProcess, cached_model, encode_image, install_version
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -33,7 +34,6 @@ from tensorflow_serving.apis import (
 
 from detserve.serving import config as cfg
 from detserve.serving.tensors import make_tensor_proto
-from detserve.serving.testing import ServerProcess, cached_model, encode_image, install_version
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+from serving_harness import ServerProcess, cached_model, install_version
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from detserve.serving.tensors import make_tensor_proto
-from detserve.serving.testing import ServerProcess, cached_model, install_version
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -7,12 +7,10 @@ parses them at start-up, so a misspelt field fails here rather than in a crash-l
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,9 @@ import yaml
 from google.protobuf import text_format
 
 from detserve.export.warmup import warmup_batch_sizes
+from detserve.serving import tfs_config as tfs
+from k8s.validate.tf_serving import KNOWN_TFS_FLAGS, REQUIRED_TFS_FLAGS
+from k8s.validate.tools import find_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING = ROOT / "serving"
@@ -30,19 +31,7 @@ DOCKERFILES = {
 TRAINING_DOCKERFILE = ROOT / "docker" / "training.Dockerfile"
 
 
-def _load(name: str, path: Path):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-validator = _load("detserve_k8s_validate", ROOT / "k8s" / "validate.py")
-tfs = validator.tfs_config
-HADOLINT = validator.find_tool("hadolint")
+HADOLINT = find_tool("hadolint")
 
 CONFIG_FILES = sorted(SERVING.glob("*.config"))
 
@@ -245,8 +234,8 @@ def test_serving_images_start_the_server_with_the_required_flags(hardware):
     argv = _entrypoint(path)
     assert argv[0] == "/usr/bin/tensorflow_model_server"
     flags = _flags(argv)
-    assert set(flags) <= validator.KNOWN_TFS_FLAGS, set(flags) - validator.KNOWN_TFS_FLAGS
-    for name in validator.REQUIRED_TFS_FLAGS:
+    assert set(flags) <= KNOWN_TFS_FLAGS, set(flags) - KNOWN_TFS_FLAGS
+    for name in REQUIRED_TFS_FLAGS:
         assert name in flags, f"{path.name}: --{name} missing"
     assert flags["port"] == "8500" and flags["rest_api_port"] == "8501"
     assert flags["model_config_file"] == "/config/models.config"

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
+from serving_harness import ServerProcess, encode_image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from detserve.serving.tensors import make_tensor_proto
-from detserve.serving.testing import ServerProcess, encode_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

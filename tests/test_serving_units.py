@@ -75,7 +75,7 @@ def test_batching_configs_become_scheduler_options(name):
     assert options.num_batch_threads == params.num_batch_threads.value
     assert options.max_enqueued_batches == params.max_enqueued_batches.value
     assert options.allowed_batch_sizes == tuple(params.allowed_batch_sizes)
-    assert options.pad_variable_length_inputs is False
+    assert params.pad_variable_length_inputs is False
     assert options.padded_size(9) == {"batching.config": 12, "batching-gpu.config": 16}[name]
     assert options.padded_size(options.max_batch_size) == options.max_batch_size
 
@@ -396,29 +396,27 @@ def test_a_full_queue_rejects_with_unavailable():
         scheduler.stop()
 
 
-def test_large_batch_splitting_splits_and_reassembles():
-    run = Recorder()
-    scheduler = BatchScheduler(options(max_batch_size=8, enable_large_batch_splitting=True,
-                                       max_execution_batch_size=3, batch_timeout_s=0.0))
-    try:
-        result = scheduler.submit("q", run, rows(*range(7)), 7).result(5)
-    finally:
-        scheduler.stop()
-    assert result["y"][:, 0].tolist() == [2 * v for v in range(7)]
-    assert [len(b) for b in run.batches] == [3, 3, 1]
+@pytest.mark.parametrize("line, field", [("enable_large_batch_splitting { value: true }", "enable_large_batch_splitting"),
+                                         ("pad_variable_length_inputs: true", "pad_variable_length_inputs")])
+def test_batching_features_the_server_does_not_implement_are_refused_by_name(tmp_path, line, field):
+    path = tmp_path / "batching.config"
+    path.write_text(f"max_batch_size {{ value: 8 }}\n{line}\n")
+    with pytest.raises(cfg.ConfigError, match=f"{path}: {field}.*not supported by detserve serve"):
+        cfg.load_batching_parameters(path)
 
 
-def test_one_bad_request_does_not_fail_the_others_in_its_batch():
+def test_a_failed_batch_fails_every_request_in_it_as_tf_serving_does():
     run = Recorder(fail_rows={2})
     scheduler = BatchScheduler(options())
     try:
         futures = [scheduler.submit("q", run, rows(v), 1) for v in (1, 2, 3)]
-        assert futures[0].result(5)["y"].tolist() == [[2.0]]
-        assert futures[2].result(5)["y"].tolist() == [[6.0]]
-        with pytest.raises(ServingError, match="bad row"):
-            futures[1].result(5)
+        for future in futures:
+            with pytest.raises(ServingError, match="bad row") as error:
+                future.result(5)
+            assert error.value.code == Code.INVALID_ARGUMENT
     finally:
         scheduler.stop()
+    assert len(run.batches) == 1, "the batch ran once: its requests are not re-run one by one"
 
 
 def test_batch_timeout_bounds_the_wait_of_a_lone_request():
@@ -433,8 +431,8 @@ def test_batch_timeout_bounds_the_wait_of_a_lone_request():
 
 def test_shapes_that_differ_beyond_the_batch_dimension_use_separate_queues():
     small, large = {"x": np.zeros((1, 4, 4, 3))}, {"x": np.zeros((1, 8, 8, 3))}
-    assert shape_key(small, False) != shape_key(large, False)
-    assert shape_key(small, True) == shape_key(large, True)
+    assert shape_key(small) != shape_key(large)
+    assert shape_key(small) == shape_key({"x": np.ones((2, 4, 4, 3))})
 
 
 def test_stop_runs_what_is_queued_and_refuses_new_work():
@@ -573,7 +571,7 @@ def test_a_changed_config_file_is_read_again_and_mapped(tmp_path):
 
     path = tmp_path / "models.config"
     path.write_text((SERVING / "models.config").read_text())
-    server = EmbeddedServer(ServerOptions(
+    server = EmbeddedServer(ServerOptions(), cfg.ServingConfig(
         model_config=None, config_file=path, map_config=lambda c: cfg.map_base_paths(c, tmp_path / "repo")))
     server._config_stamp = path.stat().st_mtime_ns
     assert server._read_config_file() is None  # unchanged

@@ -11,10 +11,10 @@ import grpc
 import numpy as np
 import pytest
 import requests
+from serving_harness import ServerProcess, cached_model, install_version, write_warmup
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from detserve.serving.tensors import make_tensor_proto
-from detserve.serving.testing import ServerProcess, cached_model, install_version, write_warmup
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -182,9 +182,9 @@ def test_a_broken_version_is_reported_and_never_replaces_a_working_one(server, r
 
         # A version whose warmup fails is broken too.
         bad_warmup = install_version(cached_model("tiny", cache, 4), model_dir, 5)
-        write_warmup(bad_warmup, [1], input_name="pictures")
+        write_warmup(bad_warmup, [33])  # above batching.config's max_batch_size (32)
         wait_for(lambda: states(server).get(5, ("",))[0] == "END", what="version 5 attempted")
-        assert "warmup" in states(server)[5][2] and "pictures" in states(server)[5][2]
+        assert "warmup" in states(server)[5][2] and "Task size 33 is larger" in states(server)[5][2]
         assert stub.Predict(request(), timeout=30).model_spec.version.value == 3
 
         # Repaired in place (new files), version 4 is retried, loads, and takes its place in "latest 2".

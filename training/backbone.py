@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-import detserve.training.tfod_compat  # noqa: F401  (before object_detection)
+from . import tfod_compat  # noqa: F401  (before object_detection)
 
 # Layers whose output channels TFOD2 scales with the depth multiplier but Keras does not.
 _TRUNCATED_LAYERS = ("Conv_1", "Conv_1_bn")

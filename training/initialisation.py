@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from detserve.training.checkpoints import resolve_checkpoint
+from .checkpoints import resolve_checkpoint
 
 # Keras Applications' release location and file naming (keras.applications.mobilenet_v2).
 KERAS_WEIGHTS_ORIGIN = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"

@@ -2,116 +2,117 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from detserve.training.checkpoints import checkpoint_step, latest_checkpoint
-from detserve.training.initialisation import detection_checkpoint, resolve_backbone_weights
-from detserve.training.pipeline_config import (
-    TrainingOptions,
+from .checkpoints import checkpoint_step, latest_checkpoint
+from .initialisation import detection_checkpoint, resolve_backbone_weights
+from .options import DEFAULT_AUGMENTATIONS, TrainingOptions, default_batch_norm_decay
+from .pipeline_config import (
+    PIPELINE_CONFIG,
+    build_pipeline_config,
     load_pipeline_config,
-    parse_pipeline_config,
-    render_pipeline_config,
-    write_pipeline_config,
+    save_pipeline_config,
+    set_fine_tune_checkpoint,
+    set_step_budget,
 )
-from detserve.training.train import PIPELINE_CONFIG, TrainResult
+from .train import TrainResult
 
-PRETRAINED_BATCH_NORM_DECAY = 0.997  # the model zoo's
-SCRATCH_BATCH_NORM_DECAY = 0.9
+if TYPE_CHECKING:
+    from object_detection.protos.pipeline_pb2 import TrainEvalPipelineConfig
+
+Echo = Callable[[str], None]
 
 
 @dataclass
 class TrainingRequest:
+    """`detserve train`'s options: the pipeline.config choices (defaults: TrainingOptions') and where the
+    weights start from."""
+
     data_dir: Path
     model_dir: Path
-    steps: int
-    batch_size: int = 8
-    learning_rate: float = 0.04
-    warmup_steps: int | None = None
-    depth_multiplier: float = 0.5
-    image_size: int = 320
-    augmentations: list[str] | None = None
+    steps: int = TrainingOptions.num_steps
+    batch_size: int = TrainingOptions.batch_size
+    learning_rate: float = TrainingOptions.learning_rate
+    warmup_steps: int | None = None  # None: TrainingOptions.resolved_warmup_steps
+    depth_multiplier: float = TrainingOptions.depth_multiplier
+    image_size: int = TrainingOptions.image_size
+    augmentations: list[str] = field(default_factory=lambda: list(DEFAULT_AUGMENTATIONS))
     backbone_weights: str | None = None
     backbone_weights_sha256: str | None = None  # None: the known one of the `imagenet` file, none for a path
     fine_tune_checkpoint: str | None = None
-    batch_norm_decay: float | None = None  # None: 0.997 from pretrained weights, 0.9 from scratch
-
-    def resolved_batch_norm_decay(self) -> float:
-        if self.batch_norm_decay is not None:
-            return self.batch_norm_decay
-        # Measured on the synthetic demo (600 steps from scratch): decay 0.997 gave mAP 0.0003 because
-        # inference's moving statistics had not caught up; 0.9 gave mAP 0.82.
-        return SCRATCH_BATCH_NORM_DECAY if self.from_scratch else PRETRAINED_BATCH_NORM_DECAY
+    batch_norm_decay: float | None = None  # None: options.default_batch_norm_decay
 
     @property
     def from_scratch(self) -> bool:
         return not (self.backbone_weights or self.fine_tune_checkpoint)
 
     def options(self) -> TrainingOptions:
-        warmup = self.warmup_steps if self.warmup_steps is not None else min(300, self.steps // 10)
+        # The decay follows the weights the run starts from, known here before the checkpoint is.
+        decay = self.batch_norm_decay
         return TrainingOptions(
             data_dir=self.data_dir, num_steps=self.steps, batch_size=self.batch_size,
-            learning_rate=self.learning_rate, warmup_steps=warmup,
-            # The zoo config warms up from a third of the peak rate.
-            warmup_learning_rate=round(self.learning_rate / 3, 6),
+            learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
             image_size=self.image_size, depth_multiplier=self.depth_multiplier,
-            batch_norm_decay=self.resolved_batch_norm_decay(),
-            augmentations=list(self.augmentations if self.augmentations is not None else ["flip", "crop"]),
+            batch_norm_decay=decay if decay is not None else default_batch_norm_decay(pretrained=not self.from_scratch),
+            augmentations=list(self.augmentations),
         )
 
 
-def prepare_run(request: TrainingRequest) -> Iterator[str]:
-    """Write ``<model_dir>/pipeline.config`` (new run) or extend it (resume); yields what it did."""
+def prepare_run(request: TrainingRequest, echo: Echo | None = print) -> TrainEvalPipelineConfig:
+    """Write ``<model_dir>/pipeline.config`` (new run) or extend it (resume); says what it did through ``echo``.
+
+    Returns the config the run trains with (``train`` takes it, so that nothing parses the file again)."""
+    echo = echo or (lambda message: None)
     model_dir = Path(request.model_dir)
     config_path = model_dir / PIPELINE_CONFIG
     latest = latest_checkpoint(model_dir) if model_dir.is_dir() else None
     if latest and config_path.is_file():
-        yield from _extend_run(config_path, latest, request.steps)
-        return
+        return _extend_run(config_path, latest, request.steps, echo)
 
     options = request.options()
+    config = build_pipeline_config(options)
     if request.fine_tune_checkpoint:
-        options.fine_tune_checkpoint = detection_checkpoint(request.fine_tune_checkpoint)
-        options.fine_tune_checkpoint_type = "detection"
-        yield f"initialising from detection checkpoint {options.fine_tune_checkpoint}"
+        prefix = detection_checkpoint(request.fine_tune_checkpoint)
+        set_fine_tune_checkpoint(config, prefix, "detection")
+        echo(f"initialising from detection checkpoint {prefix}")
     elif request.backbone_weights:
-        from detserve.training.backbone import import_backbone_weights
+        from .backbone import import_backbone_weights
 
         h5_path = resolve_backbone_weights(request.backbone_weights, request.depth_multiplier,
                                            request.backbone_weights_sha256)
-        model_config = parse_pipeline_config(render_pipeline_config(options)).model
-        imported = import_backbone_weights(h5_path, model_config, model_dir / "backbone" / "imagenet")
-        options.fine_tune_checkpoint = imported.checkpoint_prefix
-        options.fine_tune_checkpoint_type = "classification"
-        yield (
+        imported = import_backbone_weights(h5_path, config.model, model_dir / "backbone" / "imagenet")
+        set_fine_tune_checkpoint(config, imported.checkpoint_prefix, "classification")
+        echo(
             f"initialising the backbone from {h5_path.name}: {imported.tensors} tensors in {imported.layers} layers"
             + (f" ({len(imported.truncated)} truncated to alpha {request.depth_multiplier}: Conv_1)" if imported.truncated else "")
         )
     else:
-        yield (
+        echo(
             f"training from scratch (batch-norm decay {options.batch_norm_decay}): fine for simple data; real photos "
             "need --backbone-weights or --fine-tune-checkpoint"
         )
-    write_pipeline_config(options, config_path)
-    yield f"wrote {config_path}"
+    save_pipeline_config(config, config_path)
+    echo(f"wrote {config_path}")
+    return config
 
 
-def _extend_run(config_path: Path, latest: str, steps: int) -> Iterator[str]:
+def _extend_run(config_path: Path, latest: str, steps: int, echo: Echo) -> TrainEvalPipelineConfig:
     """Resume: the existing config stays (same model), only the step budget can grow."""
     from google.protobuf import text_format
 
-    config = load_pipeline_config(config_path)
-    step = checkpoint_step(latest)
-    yield f"resuming from {latest} (step {step}); model options come from the existing {config_path}"
-    train_config = config.train_config
-    if steps != train_config.num_steps:
-        train_config.num_steps = steps
-        learning_rate = train_config.optimizer.momentum_optimizer.learning_rate
-        if learning_rate.HasField("cosine_decay_learning_rate"):
-            learning_rate.cosine_decay_learning_rate.total_steps = steps
-        config_path.write_text(text_format.MessageToString(config))
-        yield f"step budget set to {steps} in {config_path}"
+    try:
+        config = load_pipeline_config(config_path)
+    except text_format.ParseError as error:
+        raise ValueError(f"cannot parse {config_path} (the run to resume): {error}") from error
+    echo(f"resuming from {latest} (step {checkpoint_step(latest)}); model options come from the existing {config_path}")
+    if steps != config.train_config.num_steps:
+        set_step_budget(config, steps)
+        save_pipeline_config(config, config_path)
+        echo(f"step budget set to {steps} in {config_path}")
+    return config
 
 
 def report_training(result: TrainResult) -> str:

@@ -21,12 +21,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import detserve.training.tfod_compat  # noqa: F401, I001  (before object_detection)
-from detserve.training.checkpoints import checkpoint_step, latest_checkpoint
+from . import tfod_compat  # noqa: F401  (before object_detection)
+from .checkpoints import checkpoint_step, latest_checkpoint
+from .options import CHECKPOINT_EVERY
+from .pipeline_config import PIPELINE_CONFIG, load_pipeline_config
+
+if TYPE_CHECKING:
+    from object_detection.protos.pipeline_pb2 import TrainEvalPipelineConfig
 
 LOSS_KEY = "Loss/total_loss"
-PIPELINE_CONFIG = "pipeline.config"
 HISTORY_FILE = "train_history.jsonl"
 
 
@@ -115,18 +120,20 @@ def steps_per_loop(remaining_steps: int, preferred: int) -> int:
 def train(
     model_dir: Path | str,
     num_steps: int,
-    checkpoint_every: int = 500,
+    checkpoint_every: int = CHECKPOINT_EVERY,
     preferred_steps_per_loop: int = 10,
     checkpoint_max_to_keep: int = 5,
     progress: bool = True,
     seed: int | None = None,
+    pipeline_config: TrainEvalPipelineConfig | None = None,
 ) -> TrainResult:
     """Train the model described by ``<model_dir>/pipeline.config`` up to ``num_steps`` total steps.
 
     Resumes from the latest checkpoint in ``model_dir``; saves the final step; appends the history
     to ``<model_dir>/train_history.jsonl`` (TensorBoard logs go to ``<model_dir>/train``). ``seed`` seeds Python,
     NumPy and TensorFlow (weight initialisation, shuffling, augmentation); multi-threaded CPU kernels still make
-    runs differ slightly.
+    runs differ slightly. ``pipeline_config``: the file's content when the caller has it (``prepare_run``
+    returns it), so that it is not parsed again; train_loop itself reads the file.
     """
     import tensorflow as tf
     from object_detection import model_lib_v2
@@ -136,7 +143,7 @@ def train(
     config_path = model_dir / PIPELINE_CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found; `detserve train` writes it from the options")
-    batch_size = _batch_size(config_path)
+    batch_size = (pipeline_config or load_pipeline_config(config_path)).train_config.batch_size
     latest = latest_checkpoint(model_dir)
     start_step = checkpoint_step(latest)
     if start_step >= num_steps:
@@ -173,9 +180,3 @@ def train(
     final = latest_checkpoint(model_dir)
     tf.get_logger().info("training finished at %s", final)
     return TrainResult(model_dir, start_step, checkpoint_step(final), final, instrumentation.history, seconds, batch_size)
-
-
-def _batch_size(config_path: Path) -> int:
-    from detserve.training.pipeline_config import load_pipeline_config
-
-    return load_pipeline_config(config_path).train_config.batch_size

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from detserve.training.data.records import Dataset, ImageRecord
-from detserve.training.data.report import IGNORED, ValidationReport
+from .records import Dataset, ImageRecord
+from .report import IGNORED, ValidationReport
 
 DROP_WORD = "drop"
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import click
 
-from detserve.training.logs import quiet_tensorflow
+from ..logs import quiet_tensorflow
 
 quiet_tensorflow()
 
-from detserve.training.data.class_map import ClassMapError
-from detserve.training.data.report import DatasetFormatError, DataValidationError
-from detserve.training.data.split import parse_fractions
-from detserve.training.data.synthetic import DEFAULT_CLASSES
+from .class_map import ClassMapError
+from .report import DatasetFormatError, DataValidationError
+from .split import parse_fractions
+from .synthetic import DEFAULT_CLASSES
 
 
 def _names_list(text: str | None) -> list[str] | None:
@@ -52,7 +52,7 @@ def _names_list(text: str | None) -> list[str] | None:
 def data(fmt, images, annotations, names, out_dir, split_text, seed, class_map, classes, strict, shards,
          overwrite, quiet) -> None:
     """Validate a VOC / COCO / YOLO dataset and write TFOD2 TFRecords, label_map.pbtxt and a report."""
-    from detserve.training.data.convert import OutputExistsError, convert_dataset
+    from .convert import OutputExistsError, convert_dataset
 
     try:
         fractions = parse_fractions(split_text)
@@ -80,7 +80,7 @@ def data(fmt, images, annotations, names, out_dir, split_text, seed, class_map, 
 @click.option("--seed", type=int, default=0, show_default=True)
 def synth(out_dir, num_images, classes, seed) -> None:
     """Generate a synthetic VOC dataset (shapes on textured backgrounds) for tests and demos."""
-    from detserve.training.data.synthetic import generate_voc_dataset
+    from .synthetic import generate_voc_dataset
 
     try:
         result = generate_voc_dataset(out_dir, num_images=num_images, class_names=_names_list(classes), seed=seed)

@@ -13,8 +13,8 @@ import math
 from numbers import Real
 from pathlib import Path
 
-from detserve.training.data.records import BoxObject, Dataset, ImageRecord
-from detserve.training.data.report import (
+from .records import BoxObject, Dataset, ImageRecord
+from .report import (
     IGNORED,
     SKIPPED_IMAGE,
     SKIPPED_OBJECT,

@@ -27,17 +27,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from detserve.training.data.class_map import ClassMap, apply_class_map, load_class_map
-from detserve.training.data.coco import read_coco
-from detserve.training.data.images import ImageInfo, encode_image
-from detserve.training.data.label_map import write_label_map
-from detserve.training.data.records import Dataset, ImageRecord
-from detserve.training.data.report import SKIPPED_IMAGE, SKIPPED_OBJECT, DatasetFormatError, ValidationReport
-from detserve.training.data.split import DEFAULT_FRACTIONS, SPLITS, check_fractions, split_records
-from detserve.training.data.tfrecord import make_example, write_shards
-from detserve.training.data.validate import BOX_TOLERANCE_PX, restrict_classes, validate_dataset
-from detserve.training.data.voc import read_voc
-from detserve.training.data.yolo import read_yolo
+from .class_map import ClassMap, apply_class_map, load_class_map
+from .coco import read_coco
+from .images import ImageInfo, encode_image
+from .label_map import write_label_map
+from .records import Dataset, ImageRecord
+from .report import SKIPPED_IMAGE, SKIPPED_OBJECT, DatasetFormatError, ValidationReport
+from .split import DEFAULT_FRACTIONS, SPLITS, check_fractions, split_records
+from .tfrecord import make_example, write_shards
+from .validate import BOX_TOLERANCE_PX, restrict_classes, validate_dataset
+from .voc import read_voc
+from .yolo import read_yolo
 
 FORMATS = ("voc", "coco", "yolo")
 IMAGES_PER_SHARD = 1000  # automatic shard count: one shard per this many images
@@ -56,14 +56,8 @@ class ConversionResult:
     report: ValidationReport
 
 
-def read_dataset(
-    fmt: str,
-    report: ValidationReport,
-    *,
-    annotations: Path | str | None = None,
-    images: Path | str | None = None,
-    names: Path | str | None = None,
-) -> Dataset:
+def _read_dataset(fmt: str, report: ValidationReport, annotations: Path | str | None, images: Path | str | None,
+                  names: Path | str | None) -> Dataset:
     """Dispatch to the reader of ``fmt``: voc (annotations dir, images optional), coco (annotations json,
     images optional), yolo (images dir, names file, annotations = labels dir optional)."""
     if fmt == "voc":
@@ -100,7 +94,7 @@ def load_dataset(
     """Read, validate, map and restrict classes. Returns the dataset ready to write, each image's info
     by key, and the objects dropped by the class map per source class. Problems go to ``report``."""
     first = len(report.problems)
-    raw = read_dataset(fmt, report, annotations=annotations, images=images, names=names)
+    raw = _read_dataset(fmt, report, annotations, images, names)
     # What the annotations listed = what the reader kept + what it had to skip.
     reader_skips = Counter(p.action for p in report.problems[first:])
     dataset, infos = validate_dataset(raw, report, box_tolerance=box_tolerance, progress=progress)

@@ -11,7 +11,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 
-from detserve.training.data.records import ImageRecord
+from .records import ImageRecord
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)

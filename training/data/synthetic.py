@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from detserve.training.data.records import BoxObject
-from detserve.training.data.voc import write_voc_annotation
+from .records import BoxObject
+from .voc import write_voc_annotation
 
 DEFAULT_CLASSES = ("circle", "square", "triangle")
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "hexagon")

@@ -18,8 +18,8 @@ from PIL import Image
 
 # TensorFlow is imported below; the process may import object_detection later, which needs
 # TF_USE_LEGACY_KERAS set before the first TensorFlow import.
-import detserve.training.tfod_compat  # noqa: F401, I001
-from detserve.training.data.records import ImageRecord
+from .. import tfod_compat  # noqa: F401
+from .records import ImageRecord
 
 
 @dataclass

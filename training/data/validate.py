@@ -20,9 +20,9 @@ from collections.abc import Iterable
 
 from tqdm import tqdm
 
-from detserve.training.data.images import ImageInfo, ImageLoadError, inspect_image
-from detserve.training.data.records import BoxObject, Dataset, ImageRecord
-from detserve.training.data.report import (
+from .images import ImageInfo, ImageLoadError, inspect_image
+from .records import BoxObject, Dataset, ImageRecord
+from .report import (
     CLIPPED,
     CONVERTED,
     NOTED,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from lxml import etree
 
-from detserve.training.data.images import IMAGE_EXTENSIONS
-from detserve.training.data.records import BoxObject, Dataset, ImageRecord
-from detserve.training.data.report import (
+from .images import IMAGE_EXTENSIONS
+from .records import BoxObject, Dataset, ImageRecord
+from .report import (
     SKIPPED_IMAGE,
     SKIPPED_OBJECT,
     USED_IMAGE_SIZE,

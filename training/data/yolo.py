@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from detserve.training.data.images import IMAGE_EXTENSIONS, ImageLoadError, open_image
-from detserve.training.data.records import BoxObject, Dataset, ImageRecord
-from detserve.training.data.report import SKIPPED_IMAGE, SKIPPED_OBJECT, DatasetFormatError, ValidationReport
+from .images import IMAGE_EXTENSIONS, ImageLoadError, open_image
+from .records import BoxObject, Dataset, ImageRecord
+from .report import SKIPPED_IMAGE, SKIPPED_OBJECT, DatasetFormatError, ValidationReport
 
 _RANGE_EPS = 1e-6  # float noise from tools that compute the normalised values
 

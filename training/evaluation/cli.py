@@ -7,30 +7,36 @@ from pathlib import Path
 import click
 
 from detserve.client.contract import LABEL_MAP_FILENAME, label_map_file
-from detserve.training.logs import quiet_tensorflow
+
+from ..logs import quiet_tensorflow
 
 quiet_tensorflow()
 
-DEFAULT_SPLIT = "test"
+from ..pipeline_config import PIPELINE_CONFIG, load_pipeline_config
+from .evaluate import DEFAULT_SPLIT, GRID_IMAGES, SCORE_THRESHOLD
+from .evaluate import evaluate as run_evaluation
 
 
-def _eval_input_from_pipeline(pipeline_config: Path) -> tuple[str, str]:
-    """(eval TFRecord pattern, label map path) from pipeline.config's first eval_input_reader."""
-    from object_detection.utils import config_util
+def _load_pipeline_config(path: Path):
+    from google.protobuf import text_format
 
     try:
-        configs = config_util.get_configs_from_pipeline_file(str(pipeline_config))
-    except Exception as error:  # protobuf's text_format raises its own ParseError
-        raise click.ClickException(f"cannot parse {pipeline_config}: {error}") from error
-    readers = configs.get("eval_input_configs") or []
+        return load_pipeline_config(path)
+    except (text_format.ParseError, UnicodeDecodeError) as error:
+        raise click.ClickException(f"cannot parse {path}: {error}") from error
+
+
+def _eval_input_from_pipeline(config, path: Path) -> tuple[str, str]:
+    """(eval TFRecord pattern, label map path) from pipeline.config's first eval_input_reader."""
+    readers = config.eval_input_reader
     if not readers or not readers[0].tf_record_input_reader.input_path:
-        raise click.ClickException(f"{pipeline_config} has no eval_input_reader with a tf_record input_path; pass --data")
+        raise click.ClickException(f"{path} has no eval_input_reader with a tf_record input_path; pass --data")
     reader = readers[0]
     return reader.tf_record_input_reader.input_path[0], reader.label_map_path
 
 
 def _read_label_map(path: Path) -> dict[int, str]:
-    from detserve.training.data.label_map import LabelMapError, read_label_map
+    from ..data.label_map import LabelMapError, read_label_map
 
     if not path.is_file():
         raise click.ClickException(f"label map not found: {path}")
@@ -57,9 +63,9 @@ def _read_label_map(path: Path) -> dict[int, str]:
 @click.option("--out", type=click.Path(path_type=Path),
               help="Output directory for metrics.json and PNGs. Default: <model-dir>/eval.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
-@click.option("--grid-images", type=click.IntRange(min=0), default=9, show_default=True,
+@click.option("--grid-images", type=click.IntRange(min=0), default=GRID_IMAGES, show_default=True,
               help="Test images drawn in detections_grid.png.")
-@click.option("--score-threshold", type=click.FloatRange(0.0, 1.0), default=0.3, show_default=True,
+@click.option("--score-threshold", type=click.FloatRange(0.0, 1.0), default=SCORE_THRESHOLD, show_default=True,
               help="Lowest score drawn in the grid (the metrics use every detection).")
 @click.option("--ignore-difficult", is_flag=True,
               help="Treat 'difficult' objects as COCO crowd (ignored) instead of ordinary ground truth as TFOD2 does.")
@@ -94,8 +100,7 @@ def evaluate(
     _require_records(pattern)
     predictor = make_predictor()
 
-    from detserve.training.evaluation.evaluate import evaluate as run_evaluation
-    from detserve.training.evaluation.report import METRICS_FILENAME, format_table, read_metrics_json
+    from .report import METRICS_FILENAME, format_table, read_metrics_json
 
     try:
         metrics = run_evaluation(
@@ -118,7 +123,7 @@ def _require_records(pattern: str) -> None:
 
 
 def _data_and_label_map(data: Path, split: str | None, label_map: Path | None) -> tuple[str, Path]:
-    from detserve.training.data.tfrecord import split_pattern
+    from ..data.tfrecord import split_pattern
 
     if not data.is_dir():
         raise click.ClickException(f"data directory not found: {data}")
@@ -139,7 +144,7 @@ def _saved_model_setup(saved_model: Path, data: Path | None, split: str | None, 
         label_map = bundled if bundled.is_file() else data_label_map
 
     def make_predictor():
-        from detserve.training.evaluation.predictors import saved_model_predictor
+        from .predictors import saved_model_predictor
 
         try:
             return saved_model_predictor(saved_model)
@@ -155,14 +160,16 @@ def _checkpoint_setup(model_dir: Path | None, checkpoint: Path | None, pipeline_
         raise click.UsageError("pass --model-dir (or both --checkpoint and --pipeline-config), or --model")
     if model_dir is not None and not model_dir.is_dir():
         raise click.ClickException(f"model directory not found: {model_dir}")
-    pipeline_config = pipeline_config or model_dir / "pipeline.config"
+    pipeline_config = pipeline_config or model_dir / PIPELINE_CONFIG
     if not pipeline_config.is_file():
         raise click.ClickException(f"pipeline config not found: {pipeline_config}")
 
     # TFOD2 must be made importable before TensorFlow is first imported in this process.
-    import detserve.training.tfod_compat  # noqa: F401
-    from detserve.training.checkpoints import resolve_checkpoint
-    from detserve.training.evaluation.predictors import checkpoint_predictor
+    from .. import tfod_compat  # noqa: F401
+    from ..checkpoints import resolve_checkpoint
+    from .predictors import checkpoint_predictor
+
+    config = _load_pipeline_config(pipeline_config)  # the one parse of this command
 
     checkpoint_source = checkpoint or model_dir
     try:
@@ -173,10 +180,10 @@ def _checkpoint_setup(model_dir: Path | None, checkpoint: Path | None, pipeline_
     if data is not None:
         pattern, default_label_map = _data_and_label_map(data, split, label_map)
     else:
-        eval_path, config_label_map = _eval_input_from_pipeline(pipeline_config)
+        eval_path, config_label_map = _eval_input_from_pipeline(config, pipeline_config)
         if split is not None:
             # Same data directory as the pipeline's eval input, another split.
-            from detserve.training.data.tfrecord import split_pattern
+            from ..data.tfrecord import split_pattern
 
             eval_path = split_pattern(Path(eval_path).parent, split)
         if not config_label_map:
@@ -187,7 +194,7 @@ def _checkpoint_setup(model_dir: Path | None, checkpoint: Path | None, pipeline_
 
     def make_predictor():
         try:
-            return checkpoint_predictor(pipeline_config, prefix)
+            return checkpoint_predictor(pipeline_config, prefix, config)
         except ValueError as error:  # model_builder's complaints about the config
             raise click.ClickException(f"cannot build the model of {pipeline_config}: {error}") from error
 

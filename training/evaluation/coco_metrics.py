@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PREFIX = "DetectionBoxes_"
 # (name, index into COCOeval.stats), the order TFOD2 prints them (coco_tools.COCO_METRIC_NAMES_AND_INDEX).
 SUMMARY_METRICS: tuple[tuple[str, int], ...] = (
     ("DetectionBoxes_Precision/mAP", 0),
@@ -85,6 +84,12 @@ def _mean_valid(values: np.ndarray) -> float | None:
     return float(np.mean(valid)) if valid.size else None
 
 
+def _check_lengths(what: str, **arrays: np.ndarray) -> None:
+    if len({len(array) for array in arrays.values()}) > 1:
+        counts = ", ".join(f"{len(array)} {name}" for name, array in arrays.items())
+        raise ValueError(f"{what} arrays disagree: {counts}")
+
+
 def _to_coco_box(box: np.ndarray, height: int, width: int) -> list[float]:
     """Normalised (ymin, xmin, ymax, xmax) -> absolute COCO (x, y, w, h), in float64."""
     ymin, xmin, ymax, xmax = (float(v) for v in box)
@@ -125,44 +130,33 @@ class CocoEvaluator:
         difficult = (
             np.zeros(len(gt_boxes), dtype=bool) if gt_difficult is None else np.asarray(gt_difficult, bool).reshape(-1)
         )
-        if not len(gt_boxes) == len(gt_class_ids) == len(difficult):
-            raise ValueError(
-                f"ground truth arrays disagree: {len(gt_boxes)} boxes, {len(gt_class_ids)} classes, {len(difficult)} difficult"
-            )
-        for box, class_id, is_difficult in zip(gt_boxes, gt_class_ids, difficult, strict=True):
-            if int(class_id) not in self.label_map:
-                continue
-            bbox = _to_coco_box(box, height, width)
-            self._gt.append({
-                # ids start at 1: COCOeval treats a match id of 0 as "unmatched".
-                "id": len(self._gt) + 1,
-                "image_id": image_id,
-                "category_id": int(class_id),
-                "bbox": bbox,
-                "area": bbox[2] * bbox[3],
-                "iscrowd": int(bool(is_difficult) and self.ignore_difficult),
-            })
+        _check_lengths("ground truth", boxes=gt_boxes, classes=gt_class_ids, difficult=difficult)
         det_boxes = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
         det_scores = np.asarray(det_scores, dtype=np.float64).reshape(-1)
         det_class_ids = np.asarray(det_class_ids).reshape(-1)
-        if not len(det_boxes) == len(det_scores) == len(det_class_ids):
-            raise ValueError(
-                f"detection arrays disagree: {len(det_boxes)} boxes, {len(det_scores)} scores, {len(det_class_ids)} classes"
-            )
-        for box, score, class_id in zip(det_boxes, det_scores, det_class_ids, strict=True):
+        _check_lengths("detection", boxes=det_boxes, scores=det_scores, classes=det_class_ids)
+        self._annotate(self._gt, image_id, height, width, gt_boxes, gt_class_ids,
+                       iscrowd=[int(bool(d) and self.ignore_difficult) for d in difficult])
+        self._annotate(self._dt, image_id, height, width, det_boxes, det_class_ids,
+                       score=[float(score) for score in det_scores], iscrowd=[0] * len(det_boxes))
+        return image_id
+
+    def _annotate(self, annotations: list[dict], image_id: int, height: int, width: int, boxes: np.ndarray,
+                  class_ids: np.ndarray, **per_box: list) -> None:
+        """Append one image's boxes as COCO annotations, each with its entry of every ``per_box`` list."""
+        for index, (box, class_id) in enumerate(zip(boxes, class_ids, strict=True)):
             if int(class_id) not in self.label_map:
                 continue
             bbox = _to_coco_box(box, height, width)
-            self._dt.append({
-                "id": len(self._dt) + 1,
+            annotations.append({
+                # ids start at 1: COCOeval treats a match id of 0 as "unmatched".
+                "id": len(annotations) + 1,
                 "image_id": image_id,
                 "category_id": int(class_id),
                 "bbox": bbox,
                 "area": bbox[2] * bbox[3],
-                "score": float(score),
-                "iscrowd": 0,
+                **{name: values[index] for name, values in per_box.items()},
             })
-        return image_id
 
     def compute(self) -> CocoResult:
         if not self._images:

@@ -9,18 +9,23 @@ from typing import Any
 
 import numpy as np
 
-from detserve.training.evaluation.coco_metrics import CocoEvaluator, CocoResult
-from detserve.training.evaluation.plots import GridSample, plot_detection_grid, plot_pr_curve, safe_filename
-from detserve.training.evaluation.predictors import Predictor
-from detserve.training.evaluation.report import METRICS_FILENAME, metrics_document, write_metrics_json
+from ..options import TrainingOptions
+from .coco_metrics import CocoEvaluator, CocoResult
+from .plots import GridSample, plot_detection_grid, plot_pr_curve, safe_filename
+from .predictors import Predictor
+from .report import METRICS_FILENAME, metrics_document, write_metrics_json
 
 GRID_FILENAME = "detections_grid.png"
+# `detserve evaluate`'s defaults too (its options read them here).
+DEFAULT_SPLIT = TrainingOptions.eval_split  # the split pipeline.config evaluates
+GRID_IMAGES = 9
+SCORE_THRESHOLD = 0.3  # the lowest score drawn in the grid
 PR_CURVE_FILENAME = "pr_curve_{}.png"
 
 
-def data_pattern(data: Path | str, split: str = "test") -> str:
+def data_pattern(data: Path | str, split: str = DEFAULT_SPLIT) -> str:
     """A data directory -> the glob of its ``split`` shards; anything else is taken as a glob or file."""
-    from detserve.training.data.tfrecord import split_pattern
+    from ..data.tfrecord import split_pattern
 
     return split_pattern(data, split) if Path(data).is_dir() else str(data)
 
@@ -48,10 +53,10 @@ def evaluate(
     label_map: Mapping[int, str],
     out_dir: Path | str,
     *,
-    split: str = "test",
+    split: str = DEFAULT_SPLIT,
     max_images: int | None = None,
-    grid_images: int = 9,
-    score_threshold: float = 0.3,
+    grid_images: int = GRID_IMAGES,
+    score_threshold: float = SCORE_THRESHOLD,
     ignore_difficult: bool = False,
     model_info: Mapping[str, Any] | None = None,
     progress: bool = True,
@@ -66,7 +71,7 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    from detserve.training.data.tfrecord import read_examples
+    from ..data.tfrecord import read_examples
 
     pattern = data_pattern(data, split)
     out_dir = Path(out_dir)

@@ -20,11 +20,16 @@ import io
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from detserve.client.contract import DEFAULT_SIGNATURE, LABEL_ID_OFFSET, NUMERIC_OUTPUTS
-from detserve.training.checkpoints import latest_checkpoint, resolve_checkpoint  # noqa: F401  (public here too)
+from detserve.client.contract import DEFAULT_SIGNATURE, DETECTION_CLASSES, LABEL_ID_OFFSET, NUMERIC_OUTPUTS
+
+from ..checkpoints import resolve_checkpoint
+
+if TYPE_CHECKING:
+    from object_detection.protos.pipeline_pb2 import TrainEvalPipelineConfig
 
 Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -38,24 +43,27 @@ def _check_image(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def restore_detection_model(pipeline_config_path: Path | str, checkpoint_path: Path | str):
+def restore_detection_model(pipeline_config_path: Path | str, checkpoint_path: Path | str,
+                            config: TrainEvalPipelineConfig | None = None):
     """(TFOD2 inference model built from ``pipeline.config``, restore status, checkpoint prefix).
 
+    ``config``: the file already parsed (``load_pipeline_config``), so that it is not parsed again.
     ``checkpoint_path`` is a prefix or a directory (its latest checkpoint is used). Restoration is
     deferred: the variables exist (and are restored) once the model has been traced, after which
     ``restore_status.assert_existing_objects_matched()`` tells whether the checkpoint fits (see
     ``checkpoint_mismatch``). Shared by ``checkpoint_predictor`` and ``detserve export``.
     """
-    import detserve.training.tfod_compat  # noqa: F401  (before object_detection and TensorFlow)
+    from .. import tfod_compat  # noqa: F401  (before object_detection and TensorFlow)
 
     # isort: split
     import tensorflow as tf
     from object_detection.builders import model_builder
-    from object_detection.utils import config_util
+
+    from ..pipeline_config import load_pipeline_config
 
     prefix = resolve_checkpoint(checkpoint_path)
-    configs = config_util.get_configs_from_pipeline_file(str(pipeline_config_path))
-    model = model_builder.build(model_config=configs["model"], is_training=False)
+    config = config if config is not None else load_pipeline_config(pipeline_config_path)
+    model = model_builder.build(model_config=config.model, is_training=False)
     # A training checkpoint also holds the step and optimizer; only the model is needed here.
     status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
     return model, status, prefix
@@ -63,17 +71,15 @@ def restore_detection_model(pipeline_config_path: Path | str, checkpoint_path: P
 
 def detections_from_preprocessed(model, preprocessed, true_shapes) -> dict:
     """TFOD2's exporter path after ``model.preprocess`` (exporter_lib_v2._run_inference_on_images):
-    predict -> postprocess -> label-map class ids, as float32 tensors with a batch dimension."""
+    predict -> postprocess -> label-map class ids; every output as float32 with a batch dimension."""
     import tensorflow as tf
 
     predictions = model.predict(preprocessed, true_shapes)
     detections = model.postprocess(predictions, true_shapes)
-    return {
-        "detection_boxes": tf.cast(detections["detection_boxes"], tf.float32),
-        "detection_scores": tf.cast(detections["detection_scores"], tf.float32),
-        "detection_classes": tf.cast(detections["detection_classes"], tf.float32) + LABEL_ID_OFFSET,
-        "num_detections": tf.cast(detections["num_detections"], tf.float32),
-    }
+    # Every postprocess output, as the exporter returns them; callers keep what the contract names.
+    outputs = {key: tf.cast(value, tf.float32) for key, value in detections.items()}
+    outputs[DETECTION_CLASSES] += LABEL_ID_OFFSET
+    return outputs
 
 
 def exporter_path_detect(model):
@@ -98,8 +104,10 @@ def checkpoint_mismatch(prefix: str, pipeline_config_path: Path | str, error: Ex
     )
 
 
-def checkpoint_predictor(pipeline_config_path: Path | str, checkpoint_path: Path | str) -> Predictor:
-    """A TFOD2 model built from ``pipeline.config`` with the weights of a checkpoint.
+def checkpoint_predictor(pipeline_config_path: Path | str, checkpoint_path: Path | str,
+                         config: TrainEvalPipelineConfig | None = None) -> Predictor:
+    """A TFOD2 model built from ``pipeline.config`` (or ``config``, the file already parsed) with the weights
+    of a checkpoint.
 
     ``checkpoint_path`` is a prefix or a directory (its latest checkpoint is used). Raises
     ValueError when the checkpoint does not fit the model the config describes (e.g. another
@@ -107,7 +115,7 @@ def checkpoint_predictor(pipeline_config_path: Path | str, checkpoint_path: Path
     """
     import tensorflow as tf
 
-    model, status, prefix = restore_detection_model(pipeline_config_path, checkpoint_path)
+    model, status, prefix = restore_detection_model(pipeline_config_path, checkpoint_path, config)
     detect = exporter_path_detect(model)
 
     verified = False
@@ -116,7 +124,7 @@ def checkpoint_predictor(pipeline_config_path: Path | str, checkpoint_path: Path
         nonlocal verified
         images = tf.constant(_check_image(images))
         if verified:
-            return {key: value.numpy() for key, value in detect(images).items()}
+            return _numeric(detect(images))
         # The first call creates the variables and restores them (deferred restoration): a checkpoint
         # of another architecture fails here with a shape error or leaves variables unrestored.
         try:
@@ -125,9 +133,14 @@ def checkpoint_predictor(pipeline_config_path: Path | str, checkpoint_path: Path
         except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
             raise checkpoint_mismatch(prefix, pipeline_config_path, error) from error
         verified = True
-        return {key: value.numpy() for key, value in outputs.items()}
+        return _numeric(outputs)
 
     return predict
+
+
+def _numeric(outputs) -> dict[str, np.ndarray]:
+    """The contract's numeric outputs as numpy arrays: what evaluation reads of a model's outputs."""
+    return {key: outputs[key].numpy() for key in NUMERIC_OUTPUTS}
 
 
 def _error_summary(error: Exception) -> str:
@@ -181,6 +194,6 @@ def saved_model_predictor(path: Path | str, signature: str = DEFAULT_SIGNATURE) 
         missing = [key for key in NUMERIC_OUTPUTS if key not in outputs]
         if missing:
             raise ValueError(f"signature {signature!r} of {path} returns {sorted(outputs)}; missing {missing}")
-        return {key: outputs[key].numpy() for key in NUMERIC_OUTPUTS}
+        return _numeric(outputs)
 
     return predict

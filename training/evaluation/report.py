@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from detserve.training.evaluation.coco_metrics import PER_CLASS_AP50, SUMMARY_KEYS, CocoResult
+from .coco_metrics import PER_CLASS_AP50, SUMMARY_KEYS, CocoResult
 
 METRICS_FILENAME = "metrics.json"
 NOT_AVAILABLE = "n/a"

@@ -7,7 +7,8 @@
             print(d.label, d.score, d.box)
 """
 
-from .detector import AsyncDetector, Box, Detection, Detector
+from .detections import Box, Detection
+from .detector import AsyncDetector, Detector
 from .errors import DeadlineExceeded, DetserveClientError, InvalidInput, ModelNotFound, ServerUnavailable
 from .metadata import ModelMetadata, ModelStatus, Signature, TensorSpec, VersionStatus
 from .retry import RetryPolicy

@@ -193,7 +193,7 @@ def status(server, model, model_version, version_label, timeout, ca_cert, server
         for v in result.versions:
             problem = f" ({v.error_code}: {v.error_message})" if v.error_code != "OK" or v.error_message else ""
             click.echo(f"  version {v.version}: {v.state}{problem}")
-    if not detector._core.ready(result, model_version):
+    if not result.is_available(model_version):
         raise ClientFailure(f"model {model!r}{f' version {model_version}' if model_version else ''} "
                             "has no AVAILABLE version", 1)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 # --- TF Serving and SavedModel names -------------------------------------------------------------------------
@@ -24,6 +25,16 @@ SIGNATURE_DEF_MAP_TYPE_URL = "type.googleapis.com/tensorflow.serving.SignatureDe
 def is_internal_signature(name: str) -> bool:
     """SavedModel's own entries (``__saved_model_init_op``), not signatures a client calls."""
     return name.startswith("__")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which servable a request names (TF Serving's ModelSpec, in its REST URLs too): the newest AVAILABLE
+    version of the model unless a version or a label is given."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
 
 
 # --- detserve's signatures ----------------------------------------------------------------------------------

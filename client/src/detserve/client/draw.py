@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .detector import Detection
+from .detections import Detection
 
 __all__ = ["annotate", "color_for"]
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .contract import (
     DEFAULT_SIGNATURE,
     INFO_SIGNATURE,
@@ -25,7 +27,7 @@ from .contract import (
     SIGNATURE_DEF_MAP_TYPE_URL,
     is_internal_signature,
 )
-from .protos import get_model_metadata_pb2, get_model_status_pb2, types_pb2
+from .protos import get_model_metadata_pb2, get_model_status_pb2, model_pb2, types_pb2
 
 __all__ = ["TensorSpec", "Signature", "ModelMetadata", "ModelStatus", "VersionStatus"]
 
@@ -82,16 +84,23 @@ class ModelMetadata:
     signatures: dict[str, Signature]
     input_size: tuple[int, int] | None = None  # (height, width) the model resizes to
     class_names: dict[int, str] | None = None  # filled by Detector.metadata(class_names=True)
-    raw: Any = field(default=None, repr=False)  # the GetModelMetadataResponse
+    raw: Any = field(default=None, repr=False)  # the answer: GetModelMetadataResponse (gRPC), JSON (REST)
 
     @classmethod
     def from_proto(cls, response: get_model_metadata_pb2.GetModelMetadataResponse) -> ModelMetadata:
+        """A GetModelMetadataResponse (gRPC's answer): its packed SignatureDefMap, unpacked once."""
         if SIGNATURE_DEF_FIELD not in response.metadata:
             raise ValueError("GetModelMetadata returned no signature_def")
         packed = response.metadata[SIGNATURE_DEF_FIELD]
         if packed.type_url.split("/")[-1] != SIGNATURE_DEF_MAP_TYPE_URL.split("/")[-1]:
             raise ValueError(f"unexpected signature_def type {packed.type_url!r}")
         signature_map = get_model_metadata_pb2.SignatureDefMap.FromString(packed.value)
+        return cls.from_signature_map(response.model_spec, signature_map, raw=response)
+
+    @classmethod
+    def from_signature_map(cls, model_spec: model_pb2.ModelSpec, signature_map: get_model_metadata_pb2.SignatureDefMap,
+                           raw: Any = None) -> ModelMetadata:
+        """The model's ModelSpec and SignatureDefMap, however they arrived (gRPC's Any, REST's JSON)."""
         signatures = {}
         for name, definition in signature_map.signature_def.items():
             if is_internal_signature(name):
@@ -100,8 +109,8 @@ class ModelMetadata:
                 name, definition.method_name,
                 {k: _spec(k, v) for k, v in definition.inputs.items()},
                 {k: _spec(k, v) for k, v in definition.outputs.items()})
-        version = response.model_spec.version.value if response.model_spec.HasField("version") else None
-        metadata = cls(response.model_spec.name, version, signatures, raw=response)
+        version = model_spec.version.value if model_spec.HasField("version") else None
+        metadata = cls(model_spec.name, version, signatures, raw=raw)
         metadata.input_size = metadata._input_size()
         return metadata
 
@@ -147,6 +156,26 @@ class ModelMetadata:
         }
 
 
+def model_info_inputs(meta: ModelMetadata) -> tuple[Signature, dict[str, np.ndarray]] | None:
+    """The ``model_info`` call that answers the class names: one black image of the input size (None: the
+    model has no such signature, or no static input size)."""
+    signature = meta.info_signature
+    if signature is None or meta.input_size is None or len(signature.inputs) != 1:
+        return None
+    height, width = meta.input_size
+    return signature, {signature.input.key: np.zeros((1, height, width, 3), np.uint8)}
+
+
+def class_names_from_info(outputs: dict[str, np.ndarray]) -> dict[int, str] | None:
+    """``model_info``'s outputs -> {class id: name}."""
+    if "class_ids" not in outputs or "class_names" not in outputs:
+        return None
+    ids = np.asarray(outputs["class_ids"])[0]
+    names = outputs["class_names"][0]
+    return {int(i): (n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n))
+            for i, n in zip(ids, names, strict=True)}
+
+
 @dataclass(frozen=True)
 class VersionStatus:
     version: int
@@ -173,6 +202,10 @@ class ModelStatus:
     @property
     def available_versions(self) -> list[int]:
         return sorted(v.version for v in self.versions if v.state == "AVAILABLE")
+
+    def is_available(self, version: int | None = None) -> bool:
+        """``version`` is AVAILABLE, or (no version given) any version is."""
+        return version in self.available_versions if version is not None else self.available
 
     @classmethod
     def from_proto(cls, model: str, response: get_model_status_pb2.GetModelStatusResponse) -> ModelStatus:

@@ -8,17 +8,17 @@ no time left.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from .errors import DeadlineExceeded, DetserveClientError
+from .steps import Operation, Sleep, Step
 
-__all__ = ["RetryPolicy", "call_with_retry", "acall_with_retry"]
+__all__ = ["RetryPolicy", "NO_RETRY", "retrying"]
 
 log = logging.getLogger("detserve.client")
 T = TypeVar("T")
@@ -77,39 +77,21 @@ def _next_sleep(policy: RetryPolicy, error: DetserveClientError, attempt: int, d
     return delay
 
 
-def call_with_retry(function: Callable[[float | None], T], *, policy: RetryPolicy, timeout: float | None,
-                    what: str, rng: random.Random | None = None) -> T:
-    """``function(remaining_seconds)`` until it succeeds, retrying only retryable errors."""
+def retrying(attempt: Callable[[float | None], Step], *, policy: RetryPolicy, timeout: float | None, what: str,
+             rng: random.Random | None = None) -> Operation[T]:
+    """The step ``attempt(remaining_seconds)`` until it succeeds, retrying only retryable errors, with a
+    :class:`~detserve.client.steps.Sleep` between tries (an operation: see :mod:`detserve.client.steps`)."""
     deadline = _deadline(timeout)
-    attempt, last = 0, None
+    attempt_number, last = 0, None
     while True:
-        attempt += 1
+        attempt_number += 1
         remaining = _remaining(deadline, what, last)
         try:
-            return function(remaining)
+            return (yield attempt(remaining))
         except DetserveClientError as error:
-            delay = _next_sleep(policy, error, attempt, deadline, rng)
+            delay = _next_sleep(policy, error, attempt_number, deadline, rng)
             if delay is None:
                 raise
-            log.info("%s: %s; retry %d/%d in %.3f s", what, error, attempt, policy.max_attempts - 1, delay)
+            log.info("%s: %s; retry %d/%d in %.3f s", what, error, attempt_number, policy.max_attempts - 1, delay)
             last = error
-            time.sleep(delay)
-
-
-async def acall_with_retry(function: Callable[[float | None], Awaitable[T]], *, policy: RetryPolicy,
-                           timeout: float | None, what: str, rng: random.Random | None = None) -> T:
-    """The asyncio twin of :func:`call_with_retry`."""
-    deadline = _deadline(timeout)
-    attempt, last = 0, None
-    while True:
-        attempt += 1
-        remaining = _remaining(deadline, what, last)
-        try:
-            return await function(remaining)
-        except DetserveClientError as error:
-            delay = _next_sleep(policy, error, attempt, deadline, rng)
-            if delay is None:
-                raise
-            log.info("%s: %s; retry %d/%d in %.3f s", what, error, attempt, policy.max_attempts - 1, delay)
-            last = error
-            await asyncio.sleep(delay)
+        yield Sleep(delay)

@@ -1,5 +1,6 @@
-"""Helpers for tests and benchmarks: tiny SavedModels with the detector's signatures, warmup files, and
-``detserve serve`` processes on free local ports.
+"""The embedded server's test harness (tests and benchmarks): tiny SavedModels with the detector's signatures,
+installed the way exports publish, and ``detserve serve`` processes on free local ports. Warmup files are
+written by ``detserve.export.warmup`` (the exporter's own writer).
 
 The tiny model has the exported detector's interface (``serving_default``: uint8 images; ``serving_bytes``:
 encoded JPEG/PNG; the five detection outputs, 100 detections) and answers in microseconds, with values a test
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detserve.client.contract import warmup_path
+from detserve.export.warmup import BatchSizes, write_warmup_file
 
 MAX_DETECTIONS = 100
 CLASS_NAMES = ("mask", "no_mask", "incorrect_mask")
@@ -148,24 +149,9 @@ def cached_model(kind: str, cache_dir: Path | str, version: int = 1, warmup: Seq
     return _TEMPLATES[key]
 
 
-def write_warmup(version_dir: Path | str, batch_sizes: Sequence[int] = (1, 2), model_name: str = "detector",
-                 signature: str = "serving_default", input_name: str = "images",
-                 image_shape: tuple[int, int, int] = (8, 8, 3)) -> Path:
-    """``assets.extra/tf_serving_warmup_requests`` with one PredictionLog per batch size."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-    path = warmup_path(version_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for size in batch_sizes:
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = model_name
-            request.model_spec.signature_name = signature
-            request.inputs[input_name].CopyFrom(tf.make_tensor_proto(np.zeros((size, *image_shape), np.uint8)))
-            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
-    return path
+def write_warmup(version_dir: Path | str, batch_sizes: Sequence[int], model_name: str = "detector") -> Path:
+    """The exporter's warmup file for ``batch_sizes`` (serving_default and serving_bytes records)."""
+    return write_warmup_file(version_dir, model_name, BatchSizes(sizes=list(batch_sizes), sources=[], notes=[])).path
 
 
 def install_version(template: Path | str, model_dir: Path | str, version: int) -> Path:
@@ -195,8 +181,30 @@ def encode_image(array: np.ndarray, format: str = "JPEG", quality: int = 90) -> 
     return buffer.getvalue()
 
 
+class ServerAddresses:
+    """The URLs of a server with ``host``, ``grpc_port``, ``rest_port`` and ``tls`` (plain unless set)."""
+
+    host = "127.0.0.1"
+    tls = False
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{'grpcs' if self.tls else 'grpc'}://{self.grpc_target}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.rest_port}"
+
+    def url(self, transport: str) -> str:
+        return self.grpc_url if transport == "grpc" else self.rest_url
+
+
 @dataclass
-class ServerProcess:
+class ServerProcess(ServerAddresses):
     """A ``detserve serve`` subprocess on 127.0.0.1 with free ports; its log goes to ``log_path``."""
 
     args: list[str]
@@ -205,14 +213,6 @@ class ServerProcess:
     log_path: Path | None = None
     env: dict | None = None
     process: subprocess.Popen | None = None
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
 
     def start(self) -> ServerProcess:
         if self.log_path is None:
