@@ -41,7 +41,7 @@ from detserve.client.contract import (  # noqa: F401  (re-exported)
     PREDICT_METHOD,
 )
 
-# Callables from a batch to the model's numeric outputs, NUMERIC_OUTPUTS among them (float32, batch first).
+# Callables from a batch to the model's DETECTION_OUTPUTS, the four NUMERIC_OUTPUTS among them (float32, batch first).
 DetectFn = Callable[..., Mapping]
 
 
@@ -189,10 +189,10 @@ class SourceSignature:
         missing = [key for key in NUMERIC_OUTPUTS if key not in outputs]
         if missing:
             raise ValueError(f"signature {name!r} returns {sorted(outputs)}; missing {missing}")
-        # Every numeric output passes through (finish_detections keeps what the contract lists), so a new
-        # output tensor is a change to the contract and finish_detections only.
+        # The contract's numeric outputs the source has pass through to finish_detections, so a new output
+        # tensor is a change to the contract and finish_detections only; others are not computed.
         self.output_specs = {key: spec for key, spec in outputs.items()
-                             if spec.dtype.is_floating or spec.dtype.is_integer}
+                             if key in DETECTION_OUTPUTS and (spec.dtype.is_floating or spec.dtype.is_integer)}
         if self.spec.dtype == tf.string:
             self.kind = "encoded"
             if _graph_has_op(self.function, ("ParseExample", "ParseExampleV2", "ParseSingleExample")):

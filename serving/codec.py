@@ -28,7 +28,7 @@ def predict_call(request: predict_pb2.PredictRequest) -> PredictCall:
         return {alias: to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
 
     return PredictCall(model_spec(request.model_spec), request.model_spec.signature_name, decode,
-                       tuple(request.output_filter))
+                       tuple(request.output_filter), frozenset(request.inputs.keys()))
 
 
 def predict_response(prediction: Prediction) -> predict_pb2.PredictResponse:

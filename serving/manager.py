@@ -383,5 +383,6 @@ def _load_failure(error: BaseException) -> ServingError:
         return ServingError(error.code, f"warmup failed: {error.message}")
     if isinstance(error, LoadError):
         return ServingError(error.code, str(error))
-    failure = from_exception(error)  # TensorFlow's errors keep their code; anything else is UNKNOWN
-    return ServingError(Code.UNKNOWN, failure.message) if failure.code == Code.INTERNAL else failure
+    if isinstance(getattr(error, "error_code", None), int):
+        return from_exception(error)  # TensorFlow's errors keep their code (INTERNAL included)
+    return ServingError(Code.UNKNOWN, f"{type(error).__name__}: {error}")

@@ -35,7 +35,6 @@ from .servable import Servable, Signature
 from .tensors import dtype_enum_of, dtype_name, short_dtype_name
 from .versions import VersionStatus
 
-DEFAULT_MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
 
 Inputs = Mapping[str, np.ndarray]
@@ -45,7 +44,7 @@ Decoder = Callable[[Signature], Inputs]
 
 @dataclass(frozen=True)
 class Limits:
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_pixels: int = MAX_IMAGE_PIXELS
 
 
 @dataclass(frozen=True)
@@ -56,6 +55,9 @@ class PredictCall:
     signature_name: str
     decode: Decoder
     output_filter: Sequence[str] = ()
+    # The input aliases, when the front end knows them before decoding (gRPC's map keys): they are checked
+    # against the signature first, as TF Serving does, so a misnamed input is named and nothing is decoded.
+    input_names: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,11 @@ class DataPlane:
     def _prepare(self, servable: Servable, call: PredictCall) -> tuple[Signature, list[str], Inputs, int | None]:
         signature = _signature(servable, call.signature_name)
         wanted = _outputs_for(signature, call.output_filter)
+        if call.input_names is not None:
+            _check_input_names(signature, call.input_names)
         inputs = call.decode(signature)
+        if call.input_names is None:
+            _check_input_names(signature, inputs.keys())
         batch_size = self._validate(signature, inputs)
         return signature, wanted, inputs, batch_size
 
@@ -146,8 +152,7 @@ class DataPlane:
 
     def _validate(self, signature: Signature, inputs: Inputs) -> int | None:
         """Check every input against the signature and the limits; returns the batch size (None if the
-        signature is not batched or the inputs disagree on it)."""
-        _check_input_names(signature, inputs.keys())
+        signature is not batched or the inputs disagree on it). The input names are checked already."""
         batch_sizes = set()
         for alias, array in inputs.items():
             spec = signature.inputs[alias]

@@ -21,8 +21,6 @@ from functools import partial
 import grpc
 from aiohttp import web
 
-from detserve.client.contract import MAX_MESSAGE_BYTES
-
 from .batching import BatchScheduler
 from .config import ServingConfig, load_model_server_config
 from .grpc_service import add_services
@@ -35,7 +33,6 @@ from .warmup import replay_warmup
 
 log = logging.getLogger("detserve.serving")
 
-DEFAULT_MAX_MESSAGE_BYTES = MAX_MESSAGE_BYTES
 
 
 def configure_tensorflow(intra_op: int, inter_op: int) -> None:

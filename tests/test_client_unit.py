@@ -376,6 +376,7 @@ def test_a_new_per_detection_output_reaches_detection_extras(monkeypatch):
     assert [d.extras for d in found] == [{"detection_multiclass_scores": pytest.approx([0.05, 0.9, 0.05])},
                                          {"detection_multiclass_scores": pytest.approx([0.7, 0.1, 0.2])}]
     assert found[0].to_dict()["extras"]["detection_multiclass_scores"] == pytest.approx([0.05, 0.9, 0.05])
+    assert len({*found}) == 2  # still hashable (extras take no part in the hash)
     monkeypatch.undo()
     plain = detections_from(outputs, 0, image, 0.0, None, None)[0]
     assert plain.extras == {} and "extras" not in plain.to_dict()  # today's outputs: to_dict is unchanged
@@ -464,6 +465,38 @@ def test_detector_and_async_detector_run_the_same_operations(monkeypatch):
     assert [len(found) for found in first + second] == [1] * 10
     # One GetModelMetadata for the concurrent first calls; each call's three Predicts run together.
     assert transports[True].sent.count("GetModelMetadata") == 1 and transports[True].sent.count("Predict") == 6
+
+
+def test_a_cached_metadata_never_waits_for_a_refresh_in_progress(monkeypatch):
+    import threading
+
+    class Stalling(_ScriptedTransport):
+        def __init__(self):
+            super().__init__()
+            self.stall, self.stalled, self.release = False, threading.Event(), threading.Event()
+
+        def send(self, request, timeout):
+            if request.rpc == "GetModelMetadata" and self.stall:
+                self.stalled.set()
+                self.release.wait(30)
+            return super().send(request, timeout)
+
+    transport = Stalling()
+    monkeypatch.setattr(detector_module, "open_transport", lambda address, asynchronous, **_: transport)
+    image = np.zeros((8, 8, 3), np.uint8)
+    with Detector("grpc://localhost:1", input_size=(8, 8)) as detector:
+        detector.detect(image)  # fills the metadata cache
+        transport.stall = True
+        refresh = threading.Thread(target=detector.metadata, kwargs={"refresh": True})
+        refresh.start()
+        assert transport.stalled.wait(10)
+        done = threading.Event()
+        caller = threading.Thread(target=lambda: (detector.detect(image), done.set()))
+        caller.start()
+        finished = done.wait(10)  # would block until the refresh is released if a cache hit took the lock
+        transport.release.set()
+        refresh.join(10), caller.join(10)
+    assert finished
 
 
 def test_annotate_draws_labelled_boxes():

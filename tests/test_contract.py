@@ -9,16 +9,21 @@ from detserve.client import contract
 
 def test_every_folder_uses_the_contract_s_own_objects():
     """Re-exported, never restated: a change in the contract reaches every side."""
-    from detserve.client import transport
+    import inspect
+
+    from detserve.client import Detector
     from detserve.export import signatures, warmup
-    from detserve.serving import predict, server
+    from detserve.serving.options import ServerOptions
+    from detserve.serving.predict import Limits
 
     for name in ("DEFAULT_SIGNATURE", "BYTES_SIGNATURE", "INFO_SIGNATURE", "PREDICT_METHOD", "IMAGES_INPUT",
                  "ENCODED_INPUT", "NUMERIC_OUTPUTS", "DETECTION_OUTPUTS", "CLASS_NAMES_OUTPUT", "INFO_OUTPUTS"):
         assert getattr(signatures, name) is getattr(contract, name), name
     assert warmup.WARMUP_FILENAME is contract.WARMUP_FILENAME
-    assert transport.DEFAULT_MAX_MESSAGE_BYTES == server.DEFAULT_MAX_MESSAGE_BYTES == contract.MAX_MESSAGE_BYTES
-    assert predict.DEFAULT_MAX_IMAGE_PIXELS == contract.MAX_IMAGE_PIXELS
+    # The default limits: the client's and the server's flags are the contract's.
+    client_default = inspect.signature(Detector).parameters["max_message_bytes"].default
+    assert client_default == ServerOptions.max_message_bytes == contract.MAX_MESSAGE_BYTES
+    assert Limits().max_image_pixels == ServerOptions.max_image_pixels == contract.MAX_IMAGE_PIXELS
     assert contract.DETECTION_OUTPUTS[:4] == contract.NUMERIC_OUTPUTS
 
 

@@ -231,6 +231,13 @@ def test_classify_regress_and_multi_inference_are_unimplemented(stub, method):
     assert "not implemented by the embedded detserve server" in error.value.details()
 
 
+def _undecodable() -> object:
+    """A uint8 [2, 16, 16, 3] TensorProto whose content is one byte: decoding it fails."""
+    tensor = make_tensor_proto(images())
+    tensor.tensor_content = b"\x00"
+    return tensor
+
+
 GRPC_BAD_REQUESTS = {
     "wrong dtype": (dict(inputs={"images": images().astype(np.float32)}), grpc.StatusCode.INVALID_ARGUMENT,
                     "'images' expects uint8 (DT_UINT8) but float (DT_FLOAT) is provided"),
@@ -241,6 +248,9 @@ GRPC_BAD_REQUESTS = {
                     "empty batch"),
     "unknown input name": (dict(inputs={"image": images()}), grpc.StatusCode.INVALID_ARGUMENT,
                            "input tensor alias not found in signature: image. Inputs expected to be in the set {images}."),
+    # Names are checked before anything is decoded, as in TF Serving: the misnamed input is what is reported.
+    "unknown input name, undecodable": (dict(inputs={"image": _undecodable()}), grpc.StatusCode.INVALID_ARGUMENT,
+                                        "input tensor alias not found in signature: image."),
     "extra input": (dict(inputs={"images": images(), "extra": images()}), grpc.StatusCode.INVALID_ARGUMENT,
                     "input size does not match signature: 2!=1"),
     "unknown signature": (dict(inputs={"images": images()}, signature="nope"), grpc.StatusCode.FAILED_PRECONDITION,

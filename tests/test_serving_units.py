@@ -567,7 +567,8 @@ def test_work_of_a_cancelled_request_keeps_its_version_loaded(tmp_path):
 
 
 def test_a_changed_config_file_is_read_again_and_mapped(tmp_path):
-    from detserve.serving.server import EmbeddedServer, ServerOptions
+    from detserve.serving.options import ServerOptions
+    from detserve.serving.server import EmbeddedServer
 
     path = tmp_path / "models.config"
     path.write_text((SERVING / "models.config").read_text())
@@ -580,3 +581,15 @@ def test_a_changed_config_file_is_read_again_and_mapped(tmp_path):
     config = server._read_config_file()
     assert config.model_config_list.config[0].base_path == str(tmp_path / "repo" / "detector")
     assert set(config.model_config_list.config[0].version_labels) == {"stable", "canary"}
+
+
+def test_load_failures_keep_tensorflow_s_code_and_anything_else_is_unknown():
+    import grpc
+    import tensorflow as tf
+
+    from detserve.serving.manager import _load_failure
+
+    assert _load_failure(tf.errors.InternalError(None, None, "bad graph")).code == grpc.StatusCode.INTERNAL
+    assert _load_failure(tf.errors.NotFoundError(None, None, "no such file")).code == grpc.StatusCode.NOT_FOUND
+    failure = _load_failure(RuntimeError("boom"))
+    assert failure.code == grpc.StatusCode.UNKNOWN and failure.message == "RuntimeError: boom"

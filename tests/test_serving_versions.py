@@ -161,6 +161,23 @@ def test_new_versions_load_under_traffic_and_old_ones_retire_after_their_request
     assert states(server) == {3: ("AVAILABLE", "OK", ""), 2: ("AVAILABLE", "OK", ""), 1: ("END", "OK", "")}
 
 
+def _write_warmup_naming(version_dir, input_name: str) -> None:
+    """A warmup file whose one record names ``input_name`` (the exporter's writer only writes right ones)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from detserve.client.contract import warmup_path
+
+    record = request()
+    record.inputs[input_name].CopyFrom(record.inputs["images"])
+    del record.inputs["images"]
+    path = warmup_path(version_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=record))
+        writer.write(log.SerializeToString())
+
+
 def test_a_broken_version_is_reported_and_never_replaces_a_working_one(server, repository, cache):
     model_dir = repository / "detector"
     broken = model_dir / ".tmp-broken"
@@ -180,15 +197,21 @@ def test_a_broken_version_is_reported_and_never_replaces_a_working_one(server, r
             stub.Predict(request(version=4), timeout=30)
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
-        # A version whose warmup fails is broken too.
-        bad_warmup = install_version(cached_model("tiny", cache, 4), model_dir, 5)
-        write_warmup(bad_warmup, [33])  # above batching.config's max_batch_size (32)
+        # A version whose warmup fails is broken too: a record naming an input the signature lacks...
+        bad_alias = install_version(cached_model("tiny", cache, 4), model_dir, 5)
+        _write_warmup_naming(bad_alias, "pictures")
         wait_for(lambda: states(server).get(5, ("",))[0] == "END", what="version 5 attempted")
-        assert "warmup" in states(server)[5][2] and "Task size 33 is larger" in states(server)[5][2]
+        assert "warmup" in states(server)[5][2] and "pictures" in states(server)[5][2]
+        # ... or a batch above batching.config's max_batch_size (32).
+        bad_batch = install_version(cached_model("tiny", cache, 4), model_dir, 6)
+        write_warmup(bad_batch, [33])
+        wait_for(lambda: states(server).get(6, ("",))[0] == "END", what="version 6 attempted")
+        assert "warmup" in states(server)[6][2] and "Task size 33 is larger" in states(server)[6][2]
         assert stub.Predict(request(), timeout=30).model_spec.version.value == 3
 
         # Repaired in place (new files), version 4 is retried, loads, and takes its place in "latest 2".
-        (model_dir / "5").rename(model_dir / ".tmp-out-of-the-way")
+        for version in (5, 6):
+            (model_dir / str(version)).rename(model_dir / f".tmp-out-of-the-way-{version}")
         shutil.copytree(cached_model("tiny", cache, 4), model_dir / "4", dirs_exist_ok=True)
         wait_for(lambda: states(server).get(4, ("",))[0] == "AVAILABLE", what="version 4 repaired")
         wait_for(lambda: states(server)[2][0] == "END", what="version 2 retired")

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from detserve.client.contract import DEFAULT_SIGNATURE, DETECTION_CLASSES, LABEL_ID_OFFSET, NUMERIC_OUTPUTS
+from detserve.client.contract import (
+    DEFAULT_SIGNATURE,
+    DETECTION_CLASSES,
+    DETECTION_OUTPUTS,
+    LABEL_ID_OFFSET,
+    NUMERIC_OUTPUTS,
+)
 
 from ..checkpoints import resolve_checkpoint
 
@@ -71,13 +77,13 @@ def restore_detection_model(pipeline_config_path: Path | str, checkpoint_path: P
 
 def detections_from_preprocessed(model, preprocessed, true_shapes) -> dict:
     """TFOD2's exporter path after ``model.preprocess`` (exporter_lib_v2._run_inference_on_images):
-    predict -> postprocess -> label-map class ids; every output as float32 with a batch dimension."""
+    predict -> postprocess -> label-map class ids; the contract's outputs as float32 with a batch dimension."""
     import tensorflow as tf
 
     predictions = model.predict(preprocessed, true_shapes)
     detections = model.postprocess(predictions, true_shapes)
-    # Every postprocess output, as the exporter returns them; callers keep what the contract names.
-    outputs = {key: tf.cast(value, tf.float32) for key, value in detections.items()}
+    # Every postprocess output the contract lists (DETECTION_OUTPUTS), cast as the exporter casts them.
+    outputs = {key: tf.cast(detections[key], tf.float32) for key in DETECTION_OUTPUTS if key in detections}
     outputs[DETECTION_CLASSES] += LABEL_ID_OFFSET
     return outputs
 

@@ -101,7 +101,9 @@ class DetectorCore:
 
     def metadata(self, *, refresh: bool = False, class_names: bool = False,
                  timeout: float | None = None) -> Operation[ModelMetadata]:
-        meta = yield Exclusive(self._cached_metadata(refresh, timeout))  # one fetch for concurrent first calls
+        meta = self._metadata
+        if refresh or meta is None:  # a cache hit never waits; concurrent first calls share one fetch
+            meta = yield Exclusive(self._cached_metadata(refresh, timeout))
         if class_names and meta.class_names is None:
             info = model_info_inputs(meta)
             if info is not None:

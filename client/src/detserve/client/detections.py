@@ -45,7 +45,7 @@ class Detection:
     score: float
     box: Box
     box_normalized: Box
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict, hash=False)  # a dict: Detection stays hashable
 
     def to_dict(self) -> dict[str, Any]:
         result = {"label": self.label, "class_id": self.class_id, "score": self.score,

@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from .contract import MAX_MESSAGE_BYTES
 from .core import DetectorCore
 from .detections import Box, Detection
 from .drivers import AsyncDriver, BlockingDriver
 from .images import ImageInput, ResizeMethod
 from .metadata import ModelMetadata, ModelStatus, Signature
 from .retry import RetryPolicy
-from .transport import DEFAULT_MAX_MESSAGE_BYTES, open_transport
+from .transport import open_transport
 
 __all__ = ["Box", "Detection", "Detector", "AsyncDetector"]
 
@@ -56,7 +57,7 @@ class _DetectorBase(ABC):
                  score_threshold: float = 0.0, max_detections: int | None = None, timeout: float | None = 10.0,
                  retry: RetryPolicy | None = None, headers: dict[str, str] | None = None, ca_cert=None,
                  client_cert=None, client_key=None, server_name: str | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, input_size: tuple[int, int] | None = None,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, input_size: tuple[int, int] | None = None,
                  resize_method: ResizeMethod = "bilinear_legacy", jpeg_quality: int = 95, max_batch_size: int = 32):
         options = dict(locals())
         del options["self"]

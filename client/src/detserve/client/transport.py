@@ -33,9 +33,8 @@ from .errors import (
 from .wire import GRPC_METHODS, HttpRequest, Request
 
 __all__ = ["Transport", "AsyncTransport", "GrpcTransport", "AsyncGrpcTransport", "RestTransport",
-           "AsyncRestTransport", "open_transport", "DEFAULT_MAX_MESSAGE_BYTES"]
+           "AsyncRestTransport", "open_transport"]
 
-DEFAULT_MAX_MESSAGE_BYTES = MAX_MESSAGE_BYTES
 
 
 class Transport(Protocol):
@@ -56,7 +55,7 @@ class _GrpcChannel:
     _grpc: Any = grpc  # the module that makes the channel: grpc, or grpc.aio
 
     def __init__(self, address: ServerAddress, *, tls: TlsConfig, headers: dict[str, str] | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.address = address
         options = [("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.max_receive_message_length", max_message_bytes)]
@@ -106,7 +105,7 @@ class RestTransport:
     """TF Serving's REST API over one ``requests.Session`` (keep-alive connection pool)."""
 
     def __init__(self, address: ServerAddress, *, tls: TlsConfig, headers: dict[str, str] | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, pool_size: int = 16):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, pool_size: int = 16):
         self.address = address
         self.max_message_bytes = max_message_bytes
         self.session = requests.Session()
