@@ -2,8 +2,9 @@
 
 Both ends of that process are here. The exporter (``verify_in_subprocess``) saves sample images and the
 source model's detections for them (one image at a time) to a request file, then runs
-``python -m detserve.export.verify SAVED_MODEL REQUEST PARAMS RESULT``. That process loads the SavedModel the
-way a server would (tf.saved_model.load, signatures only) and checks:
+``python -m detserve.export.verify --exit-with-parent SAVED_MODEL REQUEST PARAMS RESULT`` (it dies with the
+exporter; its files live in a hidden staging directory the next export sweeps). That process loads the
+SavedModel the way a server would (tf.saved_model.load, signatures only) and checks:
 
 - ``serving_default`` on each image alone matches the source's detections;
 - ``serving_default`` on a batch of 8 rows of the equal-size samples (each image in several rows) gives every
@@ -23,7 +24,7 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +38,7 @@ from detserve.client import contract
 from .errors import ExportError
 from .images import encode_image
 from .parity import Tolerance, compare_detections, parity_rows
+from .repository import staging_dir
 from .signatures import to_numpy
 
 if TYPE_CHECKING:
@@ -187,6 +189,8 @@ def verify(saved_model, images: list[np.ndarray], reference: list[dict[str, np.n
 REQUEST_IMAGES = "images"
 REQUEST_REFERENCE = "reference"
 VERIFY_TIMEOUT_S = 900
+EXIT_WITH_PARENT = "--exit-with-parent"
+EXIT_ORPHANED = 3  # the child's exit code when the exporter died under it
 
 
 def write_request(path: Path | str, images: list[np.ndarray], reference: list[Mapping[str, np.ndarray]]) -> None:
@@ -207,9 +211,15 @@ def read_request(path: Path | str) -> tuple[list[np.ndarray], list[dict[str, np.
 
 
 def verify_in_subprocess(version_path: Path, built: BuiltModel, measure_latency: bool = True) -> dict:
-    """Run ``main`` on ``version_path`` in a new Python process with plain TensorFlow; its JSON result."""
-    with tempfile.TemporaryDirectory(prefix="detserve-verify-") as scratch:
-        scratch = Path(scratch)
+    """Run ``main`` on ``version_path`` in a new Python process with plain TensorFlow; its JSON result.
+
+    The request, parameters, result and the child's log go to a scratch directory beside the version, named
+    as a staging directory (``<model_dir>/.tmp-export-<pid>-<hex>``): removed when this returns or raises, and
+    by the next export's ``remove_stale_temp_dirs`` if this process is killed. The child exits with this
+    process (``--exit-with-parent``).
+    """
+    with staging_dir(Path(version_path).parent) as scratch:
+        scratch.mkdir()
         write_request(scratch / "request.npz", built.samples, built.reference)
         params = {"label_map": {str(k): v for k, v in built.label_map.items()},
                   "input_size": list(built.input_size) if built.input_size else None,
@@ -218,17 +228,35 @@ def verify_in_subprocess(version_path: Path, built: BuiltModel, measure_latency:
         env = dict(os.environ)
         env.pop("TF_USE_LEGACY_KERAS", None)  # set by tfod_compat for TFOD2; a server has no such thing
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        command = [sys.executable, "-m", "detserve.export.verify", str(version_path), str(scratch / "request.npz"),
-                   str(scratch / "params.json"), str(scratch / "result.json")]
-        try:
-            process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S)
-        except subprocess.TimeoutExpired as error:
-            raise ExportError(f"verification of {version_path} timed out after {VERIFY_TIMEOUT_S} s") from error
+        command = [sys.executable, "-m", "detserve.export.verify", EXIT_WITH_PARENT, str(version_path),
+                   str(scratch / "request.npz"), str(scratch / "params.json"), str(scratch / "result.json")]
+        log_path = scratch / "verify.log"
+        code = _run_child(command, env, log_path, f"verification of {version_path}")
         result_file = scratch / "result.json"
         if not result_file.is_file():
-            tail = "\n".join(process.stderr.strip().splitlines()[-5:])
-            raise ExportError(f"verification process failed (exit {process.returncode}): {tail}")
+            tail = "\n".join(log_path.read_text(errors="replace").strip().splitlines()[-5:])
+            raise ExportError(f"verification process failed (exit {code}): {tail}")
         return json.loads(result_file.read_text())
+
+
+def _run_child(command: list[str], env: dict[str, str], log_path: Path, what: str) -> int:
+    """Run ``command`` to its end (output to ``log_path``); its exit code.
+
+    The child's stdin is a pipe whose only writer is this process and which nothing is written to: when this
+    process dies, even by ``kill -9``, the kernel closes it and the child reads EOF (see ``_exit_with_parent``).
+    Any exception here (timeout, Ctrl-C) kills the child first.
+    """
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        return process.wait(VERIFY_TIMEOUT_S)
+    except subprocess.TimeoutExpired as error:
+        raise ExportError(f"{what} timed out after {VERIFY_TIMEOUT_S} s") from error
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdin.close()
 
 
 def failed_checks(verification: Mapping) -> str:
@@ -241,10 +269,31 @@ def failed_checks(verification: Mapping) -> str:
 # The fresh process's end.
 
 
+def _exit_with_parent() -> None:
+    """Exit as soon as stdin reaches end of file, i.e. when the exporter, which holds the pipe's only write end
+    and writes nothing, has died (its kernel-closed descriptors include that end, whatever killed it).
+
+    A pipe rather than Linux's ``prctl(PR_SET_PDEATHSIG)``: it works on every POSIX system, it has no race with a
+    parent that dies before the child is ready (the end of file waits in the pipe), and it follows the process,
+    where the death signal follows the *thread* that started the child (an export run from a worker thread
+    would kill its verifier when that thread ends).
+    """
+    def watch() -> None:
+        while os.read(0, 4096):
+            pass
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m detserve.export.verify SAVED_MODEL REQUEST.npz PARAMS.json RESULT.json``"""
+    """``python -m detserve.export.verify [--exit-with-parent] SAVED_MODEL REQUEST.npz PARAMS.json RESULT.json``"""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    saved_model, request, params_path, result_path = (argv if argv is not None else sys.argv[1:])
+    args = list(argv if argv is not None else sys.argv[1:])
+    if args[:1] == [EXIT_WITH_PARENT]:
+        args.pop(0)
+        _exit_with_parent()
+    saved_model, request, params_path, result_path = args
     params = json.loads(Path(params_path).read_text())
     images, reference = read_request(request)
     label_map = {int(k): v for k, v in params["label_map"].items()}

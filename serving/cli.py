@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -42,7 +43,23 @@ def serve(**flags) -> None:
         raise click.ClickException(f"{error.code.name}: {error.message}") from None
     except OSError as error:  # a port in use
         raise click.ClickException(str(error)) from None
-    sys.exit(code)
+    _exit_after_drain(code)
+
+
+def _exit_after_drain(code: int) -> NoReturn:
+    """Leave as soon as the server has drained: flush the logs and stdio, then ``os._exit``.
+
+    A normal exit runs the interpreter's teardown: full garbage collections over TensorFlow's millions of
+    Python objects, then its C++ destructors, 1.7-4 s after "stopped" on this machine (more under load), while
+    nothing after the drain needs it. Production servers leave the same way for the same reason.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken: nothing left to flush
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

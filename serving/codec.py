@@ -1,6 +1,7 @@
 """TF Serving's protos <-> the data plane's values, for the gRPC front end, the warmup replay and REST status.
 
-A PredictRequest becomes a :class:`~.predict.PredictCall` whose inputs are decoded with ``tensors.to_ndarray``; a
+A PredictRequest becomes a :class:`~.predict.PredictCall` whose inputs are described from their TensorProto
+headers (``tensors.declared``, validated before any value is read) and decoded with ``tensors.to_ndarray``; a
 :class:`~.predict.Prediction` becomes a PredictResponse in the typed fields TF Serving writes; version states
 become a GetModelStatusResponse (REST prints that message as JSON, as TF Serving's REST handler does).
 """
@@ -9,11 +10,11 @@ from __future__ import annotations
 
 from tensorflow_serving.apis import get_model_status_pb2, predict_pb2
 
-from detserve.client.contract import ModelSpec
+from detserve.client.contract import MAX_MESSAGE_BYTES, ModelSpec
 
 from .predict import PredictCall, Prediction
 from .servable import Signature
-from .tensors import from_ndarray, to_ndarray
+from .tensors import declared, from_ndarray, numeric_bytes, to_ndarray
 from .versions import VersionStatus
 
 
@@ -23,12 +24,23 @@ def model_spec(spec) -> ModelSpec:
     return ModelSpec(spec.name, version, spec.version_label or None)
 
 
-def predict_call(request: predict_pb2.PredictRequest) -> PredictCall:
-    def decode(signature: Signature):
-        return {alias: to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
+# Requests declaring at most this many bytes of numbers are decoded on the event loop (see PredictCall.small).
+SMALL_REQUEST_BYTES = 64 * 1024
 
+
+def predict_call(request: predict_pb2.PredictRequest, max_tensor_bytes: int = MAX_MESSAGE_BYTES) -> PredictCall:
+    """The data plane's call for a PredictRequest; ``max_tensor_bytes`` bounds what a short typed field may fill."""
+    def describe():
+        return {alias: declared(proto, alias) for alias, proto in request.inputs.items()}
+
+    def decode(signature: Signature):
+        return {alias: to_ndarray(proto, alias, max_tensor_bytes) for alias, proto in request.inputs.items()}
+
+    # What the headers declare, not what was sent: a short typed field is filled up to the declared shape.
+    sizes = [numeric_bytes(proto) for proto in request.inputs.values()]
+    small = None not in sizes and sum(sizes) <= SMALL_REQUEST_BYTES
     return PredictCall(model_spec(request.model_spec), request.model_spec.signature_name, decode,
-                       tuple(request.output_filter), frozenset(request.inputs.keys()))
+                       tuple(request.output_filter), frozenset(request.inputs.keys()), describe, small)
 
 
 def predict_response(prediction: Prediction) -> predict_pb2.PredictResponse:

@@ -50,7 +50,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         started = time.perf_counter()
         name = request.model_spec.name
         try:
-            response = predict_response(await self.plane.predict(predict_call(request)))
+            response = predict_response(await self.plane.predict(predict_call(request, self.plane.limits.max_message_bytes)))
         except Exception as error:
             self.metrics.request_count.inc(name, from_exception(error).code.name)
             await _abort(context, error, f"Predict {name}")

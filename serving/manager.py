@@ -6,9 +6,11 @@ LOADING -> (SavedModel load, warmup records replayed) -> AVAILABLE. Only after t
 could are versions the policy no longer wants retired (UNLOADING -> END): a retired version leaves the routing
 table at once, and its TensorFlow objects are released once the requests holding it (queued or running) have
 finished. A version that fails to load ends in END with the error in its status and never replaces a working
-version: it does not count for the policy (with ``latest { num_versions: 2 }``, versions 2 and 3 keep serving
-when 4 is broken), and an old version is retired only when one of the aspired versions is AVAILABLE (or when
-nothing is aspired at all, i.e. the directories are gone). A failed version is retried when its files change.
+version: it does not count for the policy, and within the same pass the next newest version is tried instead,
+until the policy's N versions are loaded or no candidate is left (with ``latest { num_versions: 2 }`` and
+versions 3, 4 good and 9, 10 broken, 3 and 4 serve from the first pass, start-up included). An old version is
+retired only when one of the aspired versions is AVAILABLE (or when the policy aspires nothing on disk at all,
+i.e. the directories are gone). A failed version is retried when its files change.
 
 Requests name a model, and optionally a version or a label; without either they get the highest AVAILABLE
 version. Labels follow TF Serving: a label may only be assigned to an AVAILABLE version, which at start-up
@@ -246,22 +248,36 @@ class ModelManager:
             model.last_scan_error = str(error)
             return  # keep serving whatever is loaded: a missing mount is not a request to unload
         model.last_scan_error = None
-        # A version that failed to load (and has not changed since) does not count for the policy: it must not
-        # push a working version out of "latest N".
-        candidates = {v: p for v, p in on_disk.items() if v not in model.failed or model.failed[v] != fingerprint(p)}
-        for version in sorted(model.policy.aspired(candidates), reverse=True):
-            if version in model.live or self._stop.is_set():
-                continue
-            path = on_disk[version]
-            stamp = fingerprint(path)
-            if not self._load(model, version, path, stamp):
-                candidates.pop(version)
-        aspired = model.policy.aspired(candidates)
+        aspired = self._load_aspired(model, on_disk)
+        # Retire what the policy no longer wants once one aspired version serves, or when the policy wants
+        # nothing on disk at all (the directories are gone); never because every aspired version is broken.
+        on_disk_aspired = model.policy.aspired(on_disk)
         with self._lock:
             serving_aspired = [v for v in aspired if v in model.live]
             for version in list(model.live):
-                if version not in aspired and (serving_aspired or not aspired):
+                if version not in aspired and (serving_aspired or not on_disk_aspired):
                     self._retire(model, version)
+
+    def _load_aspired(self, model: _Model, on_disk: dict[int, Path]) -> set[int]:
+        """Load the policy's versions newest first, falling back to the next newest while one fails, until
+        the policy is satisfied or no candidate is left; returns the aspired versions among the loadable ones.
+
+        A version that failed to load (and has not changed since) is no candidate: it is tried once per
+        fingerprint, and it must not push a working version out of "latest N". For ``specific`` policies the
+        fallback adds nothing (only the named versions are ever aspired)."""
+        candidates = {v: p for v, p in on_disk.items() if v not in model.failed or model.failed[v] != fingerprint(p)}
+        while not self._stop.is_set():
+            aspired = model.policy.aspired(candidates)
+            pending = sorted((v for v in aspired if v not in model.live), reverse=True)
+            if not pending:
+                return aspired
+            for version in pending:
+                if self._stop.is_set():
+                    break
+                path = on_disk[version]
+                if not self._load(model, version, path, fingerprint(path)):
+                    candidates.pop(version)  # the next pass of the loop aspires the next newest instead
+        return model.policy.aspired(candidates)
 
     def _set_state(self, model: _Model, version: int, state: State, error: ServingError | None = None) -> None:
         with self._lock:
@@ -275,6 +291,7 @@ class ModelManager:
         servable = None
         try:
             servable = self._loader(model.name, version, path)
+            loaded = time.monotonic()
             if self.warmup is not None:
                 self.warmup(servable)
         except Exception as error:
@@ -291,7 +308,9 @@ class ModelManager:
             model.live[version] = _Live(servable)
             model.states[version] = VersionStatus(version, State.AVAILABLE)
         self.metrics.load_attempt_count.inc(str(path), "success")
-        log.info("model %s: version %d AVAILABLE (%.1f s)", model.name, version, time.monotonic() - started)
+        now = time.monotonic()
+        log.info("model %s: version %d AVAILABLE (%.1f s: SavedModel %.1f s, warmup %.1f s)", model.name, version,
+                 now - started, loaded - started, now - loaded)
         return True
 
     def _retire(self, model: _Model, version: int) -> None:
@@ -351,14 +370,10 @@ class ModelManager:
             if live.retiring and live.inflight == 0:
                 self._lock.notify_all()
 
-    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
+    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         """GetModelStatus: one version's status, or every version seen, newest first."""
         with self._lock:
             model = self._models.get(name)
-            if label:
-                if model is None or label not in model.labels:
-                    raise invalid_argument(f"Unrecognized servable version label: {label}")
-                version = model.labels[label]
             if model is None or not model.states:
                 raise not_found(f"Could not find any versions of model {name}")
             if version is not None:

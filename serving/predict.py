@@ -8,16 +8,18 @@ the output filter, the inputs decoded against the signature, validation, executi
 Validation follows TF Serving's ``PreProcessPrediction`` (same checks, same messages where it has them), and
 adds the checks TF Serving leaves to the TensorFlow runtime, so each mistake gets a message that names it:
 wrong dtype, wrong rank or fixed dimension, an empty batch, an image above the pixel limit, bytes that claim to
-be a JPEG/PNG/GIF but whose header cannot be read. Execution goes through the batch scheduler when batching is
-on and the signature can be batched, else straight to a thread pool; either way the event loop never runs
-TensorFlow.
+be an image TensorFlow decodes but whose header cannot be read (``image_headers``). One validation runs on each
+input's (dtype, shape): on the TensorProto headers for gRPC and warmup, before any value is decoded (a few bytes
+can declare gigabytes), on the arrays for REST. Decoding and validating run in the request thread pool unless
+the front end marks the request small, and execution goes through the batch scheduler when batching is on and
+the signature can be batched, else straight to the thread pool: the event loop never runs TensorFlow, nor
+parses a large request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import io
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,26 +27,35 @@ from dataclasses import dataclass
 import numpy as np
 from tensorflow.core.framework import types_pb2
 
-from detserve.client.contract import DEFAULT_SIGNATURE, MAX_IMAGE_PIXELS, PREDICT_METHOD, ModelSpec
+from detserve.client.contract import (
+    DEFAULT_SIGNATURE,
+    MAX_IMAGE_PIXELS,
+    MAX_MESSAGE_BYTES,
+    PREDICT_METHOD,
+    ModelSpec,
+)
 
 from .batching import BatchScheduler, shape_key
-from .errors import Code, ServingError, invalid_argument
+from .errors import Code, ServingError, invalid_argument, unavailable
+from .image_headers import HeaderError, UncheckableFormat, read_header
 from .manager import Handle, ModelManager
 from .metrics import ServingMetrics
 from .servable import Servable, Signature
-from .tensors import dtype_enum_of, dtype_name, short_dtype_name
+from .tensors import Shape, dtype_enum_of, dtype_name, short_dtype_name
 from .versions import VersionStatus
-
-_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a")
 
 Inputs = Mapping[str, np.ndarray]
 # Turns the request's inputs into numpy arrays once its signature is known (REST needs the declared dtypes).
 Decoder = Callable[[Signature], Inputs]
+# Each input's (dtype enum, shape), as validated.
+Described = Mapping[str, tuple[int, Shape]]
 
 
 @dataclass(frozen=True)
 class Limits:
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    # The largest tensor a request may make TensorFlow build by repeating a short typed field (--max-message-bytes).
+    max_message_bytes: int = MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,12 @@ class PredictCall:
     # The input aliases, when the front end knows them before decoding (gRPC's map keys): they are checked
     # against the signature first, as TF Serving does, so a misnamed input is named and nothing is decoded.
     input_names: frozenset[str] | None = None
+    # The inputs' (dtype, shape) from their headers, when the front end can read them before decoding the values
+    # (TensorProtos): validated first, so a request declaring a huge tensor is refused before it is allocated.
+    describe: Callable[[], Described] | None = None
+    # The front end knows the request is small (a few KiB of numbers): decoding it on the event loop costs less
+    # than the hop to the thread pool. Anything else is decoded and validated off the loop.
+    small: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,13 +108,31 @@ class DataPlane:
         self.scheduler = scheduler
         self.limits = limits
         self.metrics = metrics or ServingMetrics()
+        # Shutdown (SIGTERM): new calls are answered UNAVAILABLE, which clients retry elsewhere or on the next
+        # process, while the predictions already running finish (``drain``).
+        self.draining = False
+        self._running = 0
+        self._idle = asyncio.Event()
 
     # -- the three operations -----------------------------------------------------------------------------
 
     async def predict(self, call: PredictCall) -> Prediction:
         """Run a request on the version it names (ServingError on any failure)."""
+        self._running += 1
+        try:
+            return await self._predict(call)
+        finally:
+            self._running -= 1
+            if self.draining and not self._running:
+                self._idle.set()
+
+    async def _predict(self, call: PredictCall) -> Prediction:
         with self._acquire(call.model) as handle:
-            signature, wanted, inputs, batch_size = self._prepare(handle.servable, call)
+            if call.small:
+                signature, wanted, inputs, batch_size = self._prepare(handle.servable, call)
+            else:
+                signature, wanted, inputs, batch_size = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._prepare, handle.servable, call)
             started = time.perf_counter()
             future = self._submit(handle.servable, signature, inputs, batch_size)
             try:
@@ -119,13 +154,34 @@ class DataPlane:
         with self._acquire(model) as handle:
             return handle.name, handle.version, handle.servable.signature_defs
 
+    async def drain(self, timeout: float) -> bool:
+        """Answer new calls UNAVAILABLE from now on and wait (up to ``timeout`` s) until the predictions already
+        running have finished; True if they have. Listeners stay open meanwhile: a request that reaches the server
+        after SIGTERM gets a fast, retryable answer instead of being cut off when the listeners close."""
+        self.draining = True
+        if not self._running:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise unavailable("The server is shutting down (SIGTERM): retry the request, it will reach another "
+                              "replica or the restarted server")
+
     def status(self, model: ModelSpec) -> list[VersionStatus]:
-        """GetModelStatus: one version's state, or every version seen, newest first."""
-        return self.manager.status(model.name, model.version, model.label)
+        """GetModelStatus: one version's state, or every version seen, newest first. A label is ignored, known or
+        not, as TF Serving's GetModelStatusImpl reads only ``model_spec.version`` (its REST status calls it too)."""
+        self._refuse_if_draining()  # a draining replica is not ready: readiness probes see it
+        return self.manager.status(model.name, model.version)
 
     # -- the predict sequence -----------------------------------------------------------------------------
 
     def _acquire(self, model: ModelSpec) -> Handle:
+        self._refuse_if_draining()
         if not model.name:
             raise invalid_argument("Missing model name in request.")
         return self.manager.acquire(model.name, model.version, model.label)
@@ -135,10 +191,18 @@ class DataPlane:
         wanted = _outputs_for(signature, call.output_filter)
         if call.input_names is not None:
             _check_input_names(signature, call.input_names)
+        described = call.describe() if call.describe is not None else None
+        if described is not None:
+            batch_size = self._validate(signature, described)
         inputs = call.decode(signature)
         if call.input_names is None:
             _check_input_names(signature, inputs.keys())
-        batch_size = self._validate(signature, inputs)
+        if described is None:
+            batch_size = self._validate(signature, {alias: (dtype_enum_of(array), array.shape)
+                                                    for alias, array in inputs.items()})
+        for alias, array in inputs.items():
+            if signature.inputs[alias].dtype == types_pb2.DT_STRING:
+                self._check_encoded_images(alias, array)
         return signature, wanted, inputs, batch_size
 
     def _submit(self, servable: Servable, signature: Signature, inputs: Inputs,
@@ -150,18 +214,16 @@ class DataPlane:
 
     # -- validation ---------------------------------------------------------------------------------------
 
-    def _validate(self, signature: Signature, inputs: Inputs) -> int | None:
-        """Check every input against the signature and the limits; returns the batch size (None if the
-        signature is not batched or the inputs disagree on it). The input names are checked already."""
-        batch_sizes = set()
-        for alias, array in inputs.items():
+    def _validate(self, signature: Signature, described: Described) -> int | None:
+        """Check every input's (dtype, shape) against the signature and the limits; returns the batch size (None
+        if the signature is not batched or the inputs disagree on it). The input names are checked already."""
+        batch_sizes = {}
+        for alias, (got, shape) in described.items():
             spec = signature.inputs[alias]
-            got = dtype_enum_of(array)
             if got != spec.dtype:
                 raise invalid_argument(
                     f"input {alias!r} expects {short_dtype_name(spec.dtype)} ({dtype_name(spec.dtype)}) but "
                     f"{short_dtype_name(got)} ({dtype_name(got)}) is provided")
-            shape = array.shape
             if spec.shape is not None:
                 expected = "[" + ",".join("-1" if d is None else str(d) for d in spec.shape) + "]"
                 if len(shape) != len(spec.shape):
@@ -174,29 +236,39 @@ class DataPlane:
                 if spec.shape and spec.shape[0] is None:
                     if shape[0] == 0:
                         raise invalid_argument(f"input {alias!r} is an empty batch (0 rows): send at least one")
-                    batch_sizes.add(shape[0])
-            self._check_images(alias, spec.dtype, array)
-        if signature.batchable and len(batch_sizes) > 1:
+                    batch_sizes[alias] = shape[0]
+            limit = self.limits.max_image_pixels
+            if spec.dtype != types_pb2.DT_STRING and len(shape) == 4 and shape[-1] in (1, 3, 4):
+                height, width = shape[1], shape[2]
+                if height * width == 0:  # the graph would answer NaN scores or fail in its resize
+                    raise invalid_argument(f"input {alias!r}: {height}x{width} images (0 pixels, shape {list(shape)}) "
+                                           "are empty: send images of at least 1x1 pixels")
+                if height * width > limit:
+                    raise invalid_argument(
+                        f"input {alias!r}: {height}x{width} images ({height * width} pixels) exceed the server's "
+                        f"limit of {limit} pixels per image")
+        if signature.batchable and len(set(batch_sizes.values())) > 1:
             raise invalid_argument("Batching Run() input tensors must have equal 0th-dimension size; got "
-                                   + ", ".join(f"{a}: {inputs[a].shape[0]}" for a in sorted(inputs)))
-        return batch_sizes.pop() if signature.batchable and len(batch_sizes) == 1 else None
+                                   + ", ".join(f"{a}: {batch_sizes[a]}" for a in sorted(batch_sizes)))
+        return next(iter(batch_sizes.values())) if signature.batchable and batch_sizes else None
 
-    def _check_images(self, alias: str, dtype: int, array: np.ndarray) -> None:
+    def _check_encoded_images(self, alias: str, array: np.ndarray) -> None:
+        """Each string that starts like an image TensorFlow decodes: its header's size within the limit."""
         limit = self.limits.max_image_pixels
-        if dtype == types_pb2.DT_STRING:
-            for index, value in enumerate(array.ravel().tolist()):
-                if isinstance(value, bytes) and value.startswith(_IMAGE_MAGIC):
-                    width, height = _image_size(value, alias, index)
-                    if width * height > limit:
-                        raise invalid_argument(
-                            f"input {alias!r}[{index}]: a {width}x{height} image ({width * height} pixels) exceeds "
-                            f"the server's limit of {limit} pixels per image")
-        elif array.ndim == 4 and array.shape[-1] in (1, 3, 4):
-            height, width = array.shape[1], array.shape[2]
-            if height * width > limit:
-                raise invalid_argument(
-                    f"input {alias!r}: {height}x{width} images ({height * width} pixels) exceed the server's limit "
-                    f"of {limit} pixels per image")
+        for index, value in enumerate(array.ravel().tolist()):
+            if not isinstance(value, bytes):
+                continue
+            where = f"input {alias!r}[{index}]"
+            try:
+                header = read_header(value)
+            except HeaderError as error:
+                raise invalid_argument(f"{where}: corrupt image bytes: {error}") from None
+            except UncheckableFormat as error:
+                raise invalid_argument(f"{where}: {error} images are not accepted: the server cannot read their "
+                                       f"size to check it against its limit of {limit} pixels per image") from None
+            if header is not None and header.pixels > limit:
+                raise invalid_argument(f"{where}: a {header.describe()} ({header.pixels} pixels) exceeds "
+                                       f"the server's limit of {limit} pixels per image")
 
 
 def _signature(servable: Servable, name: str) -> Signature:
@@ -236,12 +308,3 @@ def _check_input_names(signature: Signature, sent) -> None:
         raise invalid_argument(f"input tensor alias not found in signature: {alias}. Inputs expected to be in "
                                f"the set {{{_names(expected)}}}.")
 
-
-def _image_size(data: bytes, alias: str, index: int) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            return image.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise invalid_argument(f"input {alias!r}[{index}]: corrupt image bytes ({len(data)} bytes): {error}") from None

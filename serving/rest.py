@@ -9,7 +9,9 @@ Routes (model names and labels URL-decoded, paths matched case-insensitively, as
 - ``GET  <monitoring path>``                                      Prometheus text (monitoring.config)
 
 Errors are ``{"error": "<message>"}`` with TF Serving's HTTP status for the code; any other /v1 path is
-"Malformed request" (400), anything else 404. A body over the size limit is answered 413.
+"Malformed request" (400), anything else 404. A body over the size limit is answered 413. Versions are ASCII
+digits (a negative version is a malformed path) that must fit an int64, as TF Serving's ``SimpleAtoi``
+(``model_servers/http_rest_api_util.cc``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tensorflow_serving.apis import model_pb2
 
 from detserve.client.contract import SIGNATURE_DEF_FIELD, ModelSpec
 
-from . import rest_json
+from . import rest_body, rest_json
 from .codec import status_response
 from .errors import Code, ServingError, from_exception, invalid_argument, unimplemented
 from .metrics import ServingMetrics
@@ -35,9 +37,10 @@ from .predict import DataPlane, PredictCall, SignatureNotFound
 
 log = logging.getLogger(__name__)
 
-_PREDICTION = re.compile(r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)")
-_STATUS = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
-_V1 = re.compile(r"(?i)/v1/.*")
+# TF Serving's regexes (model_servers/http_rest_api_util.cc); ASCII digits, as RE2's \d.
+_PREDICTION = re.compile(r"(?ia)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)")
+_STATUS = re.compile(r"(?ia)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
+_V1 = re.compile(r"(?ia)/v1/.*")
 JSON = "application/json"
 # Bodies above this size are parsed in a worker thread, so one large JSON tensor does not stall the event loop.
 _OFFLOAD_JSON_BYTES = 256 * 1024
@@ -52,13 +55,22 @@ def _error_response(error: ServingError) -> web.Response:
     return _json_response(rest_json.error_body(error.message), error.http_status)
 
 
+_INT64_MAX = 2 ** 63 - 1
+
+
 def _version(text: str | None) -> int | None:
+    """The version of a URL (digits, as the regexes match it), refused as TF Serving refuses it beyond int64."""
     if not text:
         return None
-    try:
-        return int(text)
-    except ValueError:
-        raise invalid_argument(f"Failed to convert version: {text} to numeric.") from None
+    version = int(text)
+    if version > _INT64_MAX:
+        raise invalid_argument(f"Failed to convert version: {text} to numeric.")
+    return version
+
+
+def _read(body: bytes) -> tuple[object, bool]:
+    """The request's JSON document, and whether true/false may hide among its numbers."""
+    return rest_body.loads(body), rest_body.may_hold_booleans(body)
 
 
 class RestApi:
@@ -77,6 +89,12 @@ class RestApi:
         return app
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        response = await self._dispatch(request)
+        if self.plane.draining:  # shutting down: the client reconnects, and finds the listener closed or another pod
+            response.force_close()
+        return response
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.rel_url.raw_path
         if self.prometheus_path and path == self.prometheus_path:
             if request.method not in ("GET", "HEAD"):
@@ -135,9 +153,10 @@ class RestApi:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 self.metrics.request_count.inc(name, Code.RESOURCE_EXHAUSTED.name)
+                size = self._oversize(request)
                 return _json_response(rest_json.error_body(
-                    f"Request body too large: {request.content_length} bytes, the server's limit is "
-                    f"{self.max_body_bytes} bytes (--max-message-bytes)"), 413)
+                    f"Request body too large: {size}, the server's limit is {self.max_body_bytes} bytes "
+                    "(--max-message-bytes)"), 413)
             document = await asyncio.wait_for(self._predict(body, model), self.timeout_s or None)
         except TimeoutError:
             failure = ServingError(Code.DEADLINE_EXCEEDED, f"Deadline exceeded: the request took more than "
@@ -154,13 +173,24 @@ class RestApi:
         self.metrics.request_latency.observe(name, "predict", "REST", (time.perf_counter() - started) * 1e6)
         return _json_response(document)
 
+    def _oversize(self, request: web.Request) -> str:
+        """How large a body over the limit is, as far as the request tells (aiohttp inflates a compressed body
+        and counts the inflated bytes)."""
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity":
+            return f"more than {self.max_body_bytes} bytes once {encoding}-decompressed"
+        if request.content_length is None:
+            return f"more than {self.max_body_bytes} bytes (chunked, without a Content-Length)"
+        return f"{request.content_length} bytes"
+
     async def _predict(self, body: bytes, model: ModelSpec) -> bytes:
         """Decode the JSON body into a PredictCall, run it on the data plane, encode the outputs."""
         offload = len(body) > _OFFLOAD_JSON_BYTES
         loop = asyncio.get_running_loop()
-        document = await loop.run_in_executor(self.plane.executor, rest_json.loads, body) if offload else rest_json.loads(body)
+        document, booleans = (await loop.run_in_executor(self.plane.executor, _read, body)) if offload else _read(body)
         call = PredictCall(model, rest_json.signature_name_of(document),
-                           lambda signature: rest_json.parse_predict(document, signature.inputs).inputs)
+                           lambda signature: rest_json.parse_predict(document, signature.inputs, booleans).inputs,
+                           input_names=rest_json.input_names(document))
         try:
             prediction = await self.plane.predict(call)
         except SignatureNotFound as error:  # the REST handler's own lookup (GetInfoMap) answers INVALID_ARGUMENT

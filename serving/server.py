@@ -4,8 +4,9 @@ Threads: the event loop (both front ends, request parsing and encoding), ``num_b
 (or a request thread pool when batching is off) that run TensorFlow, the repository poller, and short-lived
 retirement threads. TensorFlow releases the GIL while it computes, so the loop keeps accepting while models run.
 
-Shutdown (SIGTERM or SIGINT): both listeners close at once (new connections are refused), requests already
-accepted run to completion (up to ``--drain-timeout-seconds``), queued batches are flushed, then the process exits 0.
+Shutdown (SIGTERM or SIGINT): new requests are answered UNAVAILABLE (503) at once while the predictions already
+running finish (up to ``--drain-timeout-seconds``); then both listeners close, queued batches are flushed, and the
+process exits 0 (``cli._exit_after_drain``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import concurrent.futures
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -79,7 +81,8 @@ class EmbeddedServer:
         if config.config_file:
             self._config_stamp = config.config_file.stat().st_mtime_ns
         self.plane = DataPlane(self.manager, self.executor, self.scheduler,
-                               Limits(max_image_pixels=options.max_image_pixels), self.metrics)
+                               Limits(max_image_pixels=options.max_image_pixels,
+                                      max_message_bytes=options.max_message_bytes), self.metrics)
         if options.enable_model_warmup:
             self.manager.warmup = partial(replay_warmup, self.plane)
         self.manager.start()
@@ -126,8 +129,16 @@ class EmbeddedServer:
         if ready is not None:
             ready()
         await stop.wait()
-        log.info("shutting down: no new requests; draining those in flight (up to %g s)", options.drain_timeout_seconds)
-        tasks = [grpc_server.stop(options.drain_timeout_seconds)]
+        # Drain first, listeners open: a request arriving now is answered UNAVAILABLE (retryable) at once, where
+        # closing the gRPC listener cancels the calls it has received but not yet started (CANCELLED, not
+        # retried). Then close both, with what is left of the drain timeout for stragglers.
+        log.info("shutting down: new requests are answered UNAVAILABLE; draining those in flight (up to %g s)",
+                 options.drain_timeout_seconds)
+        started = time.monotonic()
+        if not await self.plane.drain(options.drain_timeout_seconds):
+            log.warning("drain timeout: requests still running after %g s are cut off", options.drain_timeout_seconds)
+        grace = max(0.1, options.drain_timeout_seconds - (time.monotonic() - started))
+        tasks = [grpc_server.stop(grace)]
         if runner is not None:
             tasks.append(runner.cleanup())
         await asyncio.gather(*tasks)

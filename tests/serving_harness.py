@@ -171,6 +171,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def predict_request(inputs: dict, model: str = "detector", signature: str = "", version: int | None = None,
+                    label: str = "", output_filter=()):
+    """A PredictRequest (``tensorflow_serving.apis``); ``inputs`` values are TensorProtos or numpy arrays."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from detserve.serving.tensors import make_tensor_proto
+
+    request = predict_pb2.PredictRequest(output_filter=list(output_filter))
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    if label:
+        request.model_spec.version_label = label
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(value if isinstance(value, type(request.inputs[name])) else make_tensor_proto(value))
+    return request
+
+
 def encode_image(array: np.ndarray, format: str = "JPEG", quality: int = 90) -> bytes:
     import io
 

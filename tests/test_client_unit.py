@@ -8,6 +8,7 @@ import io
 import random
 import time
 from functools import partial
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -37,8 +38,8 @@ from detserve.client.errors import from_grpc_error, from_http_error
 from detserve.client.images import encode_image, load_image, resize_bilinear
 from detserve.client.metadata import Signature, TensorSpec
 from detserve.client.protos import get_model_metadata_pb2, predict_pb2, types_pb2
-from detserve.client.retry import retrying
-from detserve.client.steps import Offload
+from detserve.client.retry import NO_RETRY, retrying
+from detserve.client.steps import Offload, Sleep
 from detserve.client.tensors import json_to_ndarray, make_ndarray, make_tensor_proto
 
 
@@ -290,6 +291,116 @@ def test_retry_after_is_honoured():
     started = time.monotonic()
     assert call_with_retry(function, policy=policy, timeout=5, what="t") == "ok"
     assert time.monotonic() - started >= 0.2
+
+
+class _FakeClock:
+    """Stands in for time.monotonic in detserve.client.retry; Sleep steps advance it instead of sleeping."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def run(self, operation):
+        """Run a ``retrying`` operation whose attempts are Offload steps, sleeping on this clock."""
+        value, error = None, None
+        while True:
+            try:
+                step = operation.send(value) if error is None else operation.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            if isinstance(step, Sleep):
+                self.sleeps.append(step.seconds)
+                self.now += step.seconds
+                continue
+            try:
+                value = step.function()
+            except Exception as raised:  # noqa: BLE001 - thrown into the operation, as the drivers do
+                error = raised
+
+
+@pytest.fixture
+def clock(monkeypatch) -> _FakeClock:
+    from detserve.client import retry as retry_module
+
+    fake = _FakeClock()
+    monkeypatch.setattr(retry_module, "time", SimpleNamespace(monotonic=fake.monotonic))
+    return fake
+
+
+def _server_down_for(clock: _FakeClock, seconds: float, error=ServerUnavailable):
+    """An attempt that fails (after 1 ms, a refused connection) until ``seconds`` of fake time have passed."""
+    back_at = clock.now + seconds
+    calls = []
+
+    def function(remaining):
+        calls.append(remaining)
+        clock.now += 0.001
+        if clock.now < back_at:
+            raise error("cannot connect: Connection refused", code="CONNECT")
+        return "ok"
+
+    return function, calls
+
+
+def _fake_retrying(clock: _FakeClock, function, *, policy: RetryPolicy | None = None, timeout: float | None = 10.0):
+    return clock.run(retrying(lambda remaining: Offload(partial(function, remaining)), policy=policy or RetryPolicy(),
+                              timeout=timeout, what="t", rng=random.Random(0)))
+
+
+def test_the_default_policy_rides_through_an_outage_shorter_than_the_deadline(clock):
+    """The old default (4 attempts, <= 0.7 s of sleep) lost every call of a restart longer than that."""
+    function, calls = _server_down_for(clock, 8.0)
+    assert _fake_retrying(clock, function) == "ok"
+    assert len(calls) > 4 and clock.sleeps and max(clock.sleeps) <= RetryPolicy().max_backoff
+    assert all(0 < remaining <= 10.0 for remaining in calls) and calls == sorted(calls, reverse=True)
+
+
+def test_the_default_policy_gives_up_at_the_deadline_with_the_last_error(clock):
+    started = clock.now
+    function, calls = _server_down_for(clock, 3600.0)
+    with pytest.raises(ServerUnavailable, match="Connection refused") as info:
+        _fake_retrying(clock, function)
+    assert info.value.attempts == len(calls) > 4
+    assert started + 10.0 - RetryPolicy().max_backoff <= clock.now <= started + 10.0  # used its time, not more
+
+
+def test_an_explicit_max_attempts_still_caps_the_default_policy(clock):
+    function, calls = _server_down_for(clock, 3600.0)
+    with pytest.raises(ServerUnavailable) as info:
+        _fake_retrying(clock, function, policy=RetryPolicy(max_attempts=3))
+    assert len(calls) == 3 == info.value.attempts
+    function, calls = _server_down_for(clock, 3600.0)
+    with pytest.raises(ServerUnavailable):
+        _fake_retrying(clock, function, policy=NO_RETRY)
+    assert len(calls) == 1
+
+
+def test_without_a_deadline_the_default_policy_keeps_trying(clock):
+    function, calls = _server_down_for(clock, 300.0)
+    assert _fake_retrying(clock, function, timeout=None) == "ok" and len(calls) > 100
+
+
+@pytest.mark.parametrize("error", [ModelNotFound, InvalidInput, DeadlineExceeded, DetserveClientError])
+def test_the_default_policy_fails_fast_on_what_a_retry_cannot_fix(clock, error):
+    """NOT_FOUND included: a typo'd model name must fail at once (docs/client.md, Retries)."""
+    function, calls = _server_down_for(clock, 3600.0, error)
+    with pytest.raises(error):
+        _fake_retrying(clock, function)
+    assert len(calls) == 1 and clock.sleeps == []
+
+
+def test_retry_policy_defaults_and_bad_values():
+    assert RetryPolicy().max_attempts is None and _core().retry == RetryPolicy()
+    assert NO_RETRY.max_attempts == 1
+    for bad, message in (({"max_attempts": 0}, "max_attempts must be at least 1"),
+                         ({"initial_backoff": 3.0, "max_backoff": 2.0}, "initial_backoff <= max_backoff"),
+                         ({"multiplier": 0.5}, "multiplier must be at least 1")):
+        with pytest.raises(ValueError, match=message):
+            RetryPolicy(**bad)
 
 
 # ---------------------------------------------------------------------------------------------------------

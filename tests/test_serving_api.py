@@ -18,7 +18,7 @@ import pytest
 import requests
 from google.protobuf import text_format
 from prometheus_client.parser import text_string_to_metric_families
-from serving_harness import ServerProcess, cached_model, encode_image, install_version
+from serving_harness import ServerProcess, cached_model, encode_image, install_version, predict_request
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -99,20 +99,6 @@ def model_stub(channel):
 
 def images(value: int = 51, batch: int = 2, size: int = 16) -> np.ndarray:
     return np.full((batch, size, size, 3), value, np.uint8)
-
-
-def predict_request(inputs: dict, model: str = "detector", signature: str = "", version: int | None = None,
-                    label: str = "", output_filter=()) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest(output_filter=list(output_filter))
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    if version is not None:
-        request.model_spec.version.value = version
-    if label:
-        request.model_spec.version_label = label
-    for name, value in inputs.items():
-        request.inputs[name].CopyFrom(value if isinstance(value, type(request.inputs[name])) else make_tensor_proto(value))
-    return request
 
 
 def outputs(response) -> dict:
@@ -206,13 +192,12 @@ def test_get_model_status(model_stub):
     assert [(s.version, s.state) for s in response.model_version_status] == [
         (2, get_model_status_pb2.ModelVersionStatus.AVAILABLE), (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
     assert all(s.status.error_code == 0 for s in response.model_version_status)
+    # GetModelStatusImpl reads only model_spec.version: a label (known or not) is ignored, all versions answer.
     request.model_spec.version_label = "canary"
-    assert [s.version for s in model_stub.GetModelStatus(request, timeout=30).model_version_status] == [2]
+    assert [s.version for s in model_stub.GetModelStatus(request, timeout=30).model_version_status] == [2, 1]
+    request.model_spec.version_label = "no-such-label"
+    assert [s.version for s in model_stub.GetModelStatus(request, timeout=30).model_version_status] == [2, 1]
     request.model_spec.name = "nope"
-    with pytest.raises(grpc.RpcError) as error:
-        model_stub.GetModelStatus(request, timeout=30)
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # the label is checked first
-    request.model_spec.ClearField("version_label")
     with pytest.raises(grpc.RpcError) as error:
         model_stub.GetModelStatus(request, timeout=30)
     assert error.value.code() == grpc.StatusCode.NOT_FOUND

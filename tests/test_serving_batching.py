@@ -157,7 +157,7 @@ def refused(port: int) -> bool:
         return True
 
 
-def test_sigterm_stops_accepting_finishes_in_flight_requests_and_exits_0(repository):
+def test_sigterm_refuses_new_requests_finishes_in_flight_ones_and_exits_0(repository):
     process = ServerProcess(["--repository", str(repository), "--tensorflow-inter-op-parallelism", "4"])
     with process:
         process.wait_ready()
@@ -172,11 +172,16 @@ def test_sigterm_stops_accepting_finishes_in_flight_requests_and_exits_0(reposit
             time.sleep(1.0)
             started = time.monotonic()
             process.process.send_signal(15)
-            # New connections are refused while the accepted requests are still running.
-            deadline = time.monotonic() + 1.2
-            while not (refused(process.rest_port) and refused(process.grpc_port)) and time.monotonic() < deadline:
+            # New requests are answered UNAVAILABLE (retryable) at once while the accepted ones still run.
+            deadline = time.monotonic() + 10
+            while "shutting down" not in process.log() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert refused(process.rest_port) and refused(process.grpc_port)
+            with pytest.raises(grpc.RpcError) as late:
+                stub.Predict(request(), timeout=10)
+            assert late.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in late.value.details()
+            late_rest = requests.post(f"{process.rest_url}/v1/models/detector:predict", timeout=10,
+                                      json={"instances": [np.zeros((4, 4, 3), np.uint8).tolist()]})
+            assert late_rest.status_code == 503 and "shutting down" in late_rest.json()["error"]
             assert not any(f.done() for f in in_flight) and rest.is_alive()
             for future in in_flight:
                 assert future.result().outputs["waited"].float_val[0] == pytest.approx(2.5)
@@ -185,5 +190,6 @@ def test_sigterm_stops_accepting_finishes_in_flight_requests_and_exits_0(reposit
                 {"version": 1, "waited": 2.5}]}
         assert process.process.wait(60) == 0
         assert time.monotonic() - started < 30
+        assert refused(process.rest_port) and refused(process.grpc_port)
     log = process.log()
     assert "received SIGTERM" in log and "stopped" in log

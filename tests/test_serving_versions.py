@@ -3,6 +3,7 @@ hot loading while requests run, retirement that lets in-flight requests finish, 
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -13,7 +14,13 @@ import pytest
 import requests
 from serving_harness import ServerProcess, cached_model, install_version, write_warmup
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from test_serving_units import manager_for
+from test_serving_units import states as manager_states
 
+from detserve.client.contract import ModelSpec
+from detserve.serving.errors import Code, ServingError
+from detserve.serving.manager import State
+from detserve.serving.predict import DataPlane
 from detserve.serving.tensors import make_tensor_proto
 
 pytestmark = pytest.mark.timeout(300)
@@ -216,3 +223,186 @@ def test_a_broken_version_is_reported_and_never_replaces_a_working_one(server, r
         wait_for(lambda: states(server).get(4, ("",))[0] == "AVAILABLE", what="version 4 repaired")
         wait_for(lambda: states(server)[2][0] == "END", what="version 2 retired")
         assert stub.Predict(request(), timeout=30).model_spec.version.value == 4
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Broken versions and labels in status, with the version manager alone (a fake loader: no TensorFlow, fast).
+
+
+def broken(tmp_path, *versions: int) -> None:
+    for version in versions:
+        (tmp_path / "m" / str(version)).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "m" / str(version) / "BROKEN").write_text("")
+
+
+def attempts(manager, tmp_path, version: int, outcome: str) -> int:
+    return manager.metrics.load_attempt_count.value(str(tmp_path / "m" / str(version)), outcome)
+
+
+def test_start_up_falls_back_to_the_newest_versions_that_load(tmp_path):
+    broken(tmp_path, 9, 10)
+    manager = manager_for(tmp_path, [3, 4], policy="latest { num_versions: 2 }")  # poll 0: start() is the only pass
+    manager.start()
+    assert manager_states(manager) == {10: State.END, 9: State.END, 4: State.AVAILABLE, 3: State.AVAILABLE}
+    for version in (9, 10):
+        (status,) = manager.status("m", version=version)
+        assert status.error is not None and f"cannot load {tmp_path / 'm' / str(version)}" in status.error.message
+        assert attempts(manager, tmp_path, version, "fail") == 1
+    assert manager.acquire("m").version == 4
+    manager.sync()  # unchanged broken versions are not tried again, the good ones stay
+    assert [attempts(manager, tmp_path, v, "fail") for v in (9, 10)] == [1, 1]
+    assert [attempts(manager, tmp_path, v, "success") for v in (3, 4)] == [1, 1]
+    assert manager_states(manager)[3] == State.AVAILABLE
+    manager.stop()
+
+
+def test_broken_new_versions_are_all_tried_in_one_pass_and_the_serving_one_stays(tmp_path):
+    manager = manager_for(tmp_path, [4])
+    manager.start()
+    broken(tmp_path, 5, 6)
+    manager.sync()
+    assert manager_states(manager) == {6: State.END, 5: State.END, 4: State.AVAILABLE}
+    assert manager.acquire("m").version == 4
+    # The serving version's directory goes away while only broken versions are left: it keeps serving, as with
+    # TF Serving's availability-preserving policy (a version is unloaded once an aspired one is ready).
+    shutil.rmtree(tmp_path / "m" / "4")
+    manager.sync()
+    assert manager.acquire("m").version == 4 and manager_states(manager)[4] == State.AVAILABLE
+    manager.stop()
+
+
+def test_specific_versions_never_fall_back(tmp_path):
+    broken(tmp_path, 9)
+    manager = manager_for(tmp_path, [3, 4], policy="specific { versions: [9] }")
+    manager.start()  # the user named version 9: nothing else is loaded, and the server still starts
+    assert manager_states(manager) == {9: State.END}
+    with pytest.raises(ServingError, match=r"Servable not found for request: Latest\(m\)"):
+        manager.acquire("m")
+    manager.stop()
+
+
+def test_status_ignores_the_label_as_tf_serving_does(tmp_path):
+    manager = manager_for(tmp_path, [1, 2], policy="all {}", labels='version_labels { key: "stable" value: 1 }',
+                          allow_version_labels_for_unavailable_models=True)
+    manager.start()
+    every = [(s.version, s.state) for s in manager.status("m")]
+    assert every == [(2, State.AVAILABLE), (1, State.AVAILABLE)]
+    plane = DataPlane(manager, executor=None)
+    for label in ("stable", "no-such-label"):
+        assert [(s.version, s.state) for s in plane.status(ModelSpec("m", None, label))] == every
+    with pytest.raises(ServingError, match="Unrecognized servable version label: no-such-label") as error:
+        manager.acquire("m", label="no-such-label")  # Predict and metadata: ServerCore::GetModelVersionForLabel
+    assert error.value.code == Code.INVALID_ARGUMENT
+    manager.stop()
+
+
+def test_rest_status_and_metrics_show_broken_versions_and_ignore_labels(tmp_path):
+    import asyncio
+    import concurrent.futures
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from detserve.serving.predict import DataPlane
+    from detserve.serving.rest import RestApi
+
+    broken(tmp_path, 9, 10)
+    manager = manager_for(tmp_path, [3, 4], policy="latest { num_versions: 2 }")
+    manager.start()
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+    api = RestApi(DataPlane(manager, executor), manager.metrics, "/metrics", None)
+
+    async def fetch():
+        async with TestClient(TestServer(api.app(1 << 20))) as client:
+            replies = {}
+            for path in ("/v1/models/m", "/v1/models/m/labels/x", "/metrics"):
+                reply = await client.get(path)
+                replies[path] = (reply.status, await reply.text())
+            return replies
+
+    replies = asyncio.run(fetch())
+    executor.shutdown()
+    manager.stop()
+    status, text = replies["/v1/models/m"]
+    assert status == 200
+    versions = {int(s["version"]): s for s in json.loads(text)["model_version_status"]}
+    assert [versions[v]["state"] for v in (10, 9, 4, 3)] == ["END", "END", "AVAILABLE", "AVAILABLE"]
+    assert versions[10]["status"]["error_code"] == "UNKNOWN"
+    assert "cannot load" in versions[10]["status"]["error_message"]
+    assert versions[4]["status"] == {"error_code": "OK", "error_message": ""}
+    assert replies["/v1/models/m/labels/x"] == replies["/v1/models/m"]
+    status, page = replies["/metrics"]
+    for version, outcome in ((9, "fail"), (10, "fail"), (3, "success"), (4, "success")):
+        line = f':tensorflow:cc:saved_model:load_attempt_count{{model_path="{tmp_path / "m" / str(version)}",' \
+               f'status="{outcome}"}} 1'
+        assert line in page.splitlines(), page
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Warmup next to live traffic (in-process, a fake servable whose one signature echoes its input).
+
+
+def warmup_servable(batch_sizes, seen: list[int]):
+    from types import SimpleNamespace
+
+    from tensorflow.core.framework import types_pb2
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from detserve.client.contract import PREDICT_METHOD
+    from detserve.serving.servable import Signature, TensorSpec
+
+    def echo(x):
+        seen.append(int(x.shape[0]))
+        return {"y": x}
+
+    spec = {"x": TensorSpec("x", types_pb2.DT_FLOAT, (None, 2))}
+    signature = Signature("serving_default", PREDICT_METHOD, spec, {"y": TensorSpec("y", types_pb2.DT_FLOAT, (None, 2))},
+                          echo)
+    records = []
+    for size in batch_sizes:
+        record = predict_pb2.PredictRequest()
+        record.model_spec.name = "m"
+        record.inputs["x"].CopyFrom(make_tensor_proto(np.zeros((size, 2), np.float32)))
+        records.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=record)))
+    return SimpleNamespace(name="m", version=2, signatures={"serving_default": signature},
+                           warmup_records=lambda: records)
+
+
+def test_warmup_does_not_queue_behind_live_batches_and_keeps_their_checks():
+    import concurrent.futures
+
+    from detserve.serving.batching import BatchScheduler
+    from detserve.serving.config import BatchingOptions
+    from detserve.serving.predict import DataPlane
+    from detserve.serving.warmup import replay_warmup
+
+    options = BatchingOptions(max_batch_size=8, batch_timeout_s=0.0, max_enqueued_batches=4, num_batch_threads=1,
+                              allowed_batch_sizes=(2, 4, 8))
+    scheduler = BatchScheduler(options)
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+    busy = threading.Event()
+    release = threading.Event()
+
+    def live(inputs):  # a live batch that holds the only batch thread (and the request pool's thread)
+        busy.set()
+        release.wait(30)
+        return inputs
+
+    live_batch = scheduler.submit("live", live, {"x": np.zeros((1, 2), np.float32)}, 1)
+    live_call = executor.submit(live, {})
+    plane = DataPlane(None, executor, scheduler)
+    try:
+        assert busy.wait(10)
+        seen: list[int] = []
+        warming = threading.Thread(target=replay_warmup, args=(plane, warmup_servable([1, 3, 8], seen)))
+        warming.start()
+        warming.join(10)
+        assert not warming.is_alive(), "warmup waited for the live batch thread"
+        assert seen == [2, 4, 8], "records are padded to allowed_batch_sizes, as live batches are"
+        with pytest.raises(ServingError, match="warmup record 1: Task size 9 is larger than maximum input batch size 8"):
+            replay_warmup(plane, warmup_servable([1, 9], []))
+    finally:
+        release.set()
+        live_batch.result(10)
+        live_call.result(10)
+        scheduler.stop(10)
+        executor.shutdown()

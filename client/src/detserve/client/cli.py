@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from .retry import DEFAULT_TIMEOUT
+
 
 class PluginGroup(click.Group):
     """A click group that also lists subcommands registered by installed distributions."""
@@ -79,7 +81,8 @@ def server_options(function):
                      help="Served model name."),
         click.option("--version", "model_version", type=int, default=None, help="Model version (default: newest)."),
         click.option("--label", "version_label", default=None, help="Version label (e.g. stable, canary)."),
-        click.option("--timeout", type=float, default=10.0, show_default=True, help="Deadline per call, seconds."),
+        click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+                     help="Deadline per call, retries included, seconds."),
         click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="PEM CA certificate for grpcs:// / https:// servers with a private CA."),
         click.option("--server-name", default=None, help="Name expected in the server's TLS certificate (gRPC)."),

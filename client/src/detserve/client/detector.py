@@ -18,7 +18,7 @@ from .detections import Box, Detection
 from .drivers import AsyncDriver, BlockingDriver
 from .images import ImageInput, ResizeMethod
 from .metadata import ModelMetadata, ModelStatus, Signature
-from .retry import RetryPolicy
+from .retry import DEFAULT_TIMEOUT, RetryPolicy
 from .transport import open_transport
 
 __all__ = ["Box", "Detection", "Detector", "AsyncDetector"]
@@ -54,7 +54,7 @@ class _DetectorBase(ABC):
 
     def __init__(self, server: str = "grpc://localhost:8500", model: str = "detector", version: int | None = None,
                  label: str | None = None, *, encoding: str = "auto", signature: str | None = None,
-                 score_threshold: float = 0.0, max_detections: int | None = None, timeout: float | None = 10.0,
+                 score_threshold: float = 0.0, max_detections: int | None = None, timeout: float | None = DEFAULT_TIMEOUT,
                  retry: RetryPolicy | None = None, headers: dict[str, str] | None = None, ca_cert=None,
                  client_cert=None, client_key=None, server_name: str | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, input_size: tuple[int, int] | None = None,

@@ -1,9 +1,15 @@
-"""Retries with exponential backoff and full jitter, inside one overall deadline per call.
+"""Retries with capped exponential backoff and full jitter until the call's deadline.
 
 Only :class:`~detserve.client.errors.ServerUnavailable` is retried: gRPC UNAVAILABLE, HTTP 503 and 429,
-and connection failures. INVALID_ARGUMENT, NOT_FOUND, DEADLINE_EXCEEDED and every other error are
-raised at once: sending the same bad request again cannot succeed, and a call whose deadline passed has
-no time left.
+and connection failures, i.e. a server that is restarting, draining or overloaded. By default a call keeps
+trying for as long as its deadline allows (a restart of up to that long is ridden through); ``max_attempts``
+caps the tries. INVALID_ARGUMENT, NOT_FOUND, DEADLINE_EXCEEDED and every other error are raised at once:
+sending the same bad request again cannot succeed, a typo'd model name must fail fast, and a call whose
+deadline passed has no time left.
+
+This is the client's one retry mechanism, for both transports and both drivers: grpcio's service-config
+``retryPolicy`` (at most 5 attempts) and urllib3's ``Retry`` (counts attempts, not the call's deadline) stay
+off (docs/client.md, "Retries").
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import TypeVar
 from .errors import DeadlineExceeded, DetserveClientError
 from .steps import Operation, Sleep, Step
 
-__all__ = ["RetryPolicy", "NO_RETRY", "retrying"]
+__all__ = ["DEFAULT_TIMEOUT", "RetryPolicy", "NO_RETRY", "retrying"]
 
 log = logging.getLogger("detserve.client")
 T = TypeVar("T")
@@ -26,18 +32,25 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """``max_attempts`` tries in all; before try n+1 the client sleeps a random time in
-    [0, min(max_backoff, initial_backoff * multiplier**(n-1))] (full jitter), or the server's
-    Retry-After if longer, and never past the call's deadline."""
+    """Tries until the call's deadline (``max_attempts=None``) or ``max_attempts`` tries in all, whichever
+    comes first; before try n+1 the client sleeps a random time in
+    [0, min(max_backoff, initial_backoff * multiplier**(n-1))] (full jitter), or the server's Retry-After if
+    longer, and never past the call's deadline. Without a deadline (``timeout=None``) and without
+    ``max_attempts``, a call retries for as long as the server stays unavailable."""
 
-    max_attempts: int = 4
+    max_attempts: int | None = None
     initial_backoff: float = 0.1
     max_backoff: float = 2.0
     multiplier: float = 2.0
 
     def __post_init__(self):
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1 (or None: until the deadline), got {self.max_attempts}")
+        if not 0 <= self.initial_backoff <= self.max_backoff:
+            raise ValueError(f"backoffs must satisfy 0 <= initial_backoff <= max_backoff, got "
+                             f"{self.initial_backoff} and {self.max_backoff}")
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier must be at least 1, got {self.multiplier}")
 
     def backoff(self, retry: int, rng: random.Random | None = None) -> float:
         """Sleep before retry number ``retry`` (1-based)."""
@@ -46,6 +59,11 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+# A call's default deadline, retries included: long enough to ride through a server restart (SIGTERM, then a
+# new process loading and warming a detector: 20-45 s on 2 CPU cores), short enough that a dead server is
+# reported within a minute.
+DEFAULT_TIMEOUT = 60.0
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -67,7 +85,7 @@ def _next_sleep(policy: RetryPolicy, error: DetserveClientError, attempt: int, d
                 rng: random.Random | None) -> float | None:
     """Seconds to sleep before the next attempt, or None to give up and raise ``error``."""
     error.attempts = attempt
-    if not error.retryable or attempt >= policy.max_attempts:
+    if not error.retryable or (policy.max_attempts is not None and attempt >= policy.max_attempts):
         return None
     delay = policy.backoff(attempt, rng)
     if error.retry_after is not None:
@@ -92,6 +110,7 @@ def retrying(attempt: Callable[[float | None], Step], *, policy: RetryPolicy, ti
             delay = _next_sleep(policy, error, attempt_number, deadline, rng)
             if delay is None:
                 raise
-            log.info("%s: %s; retry %d/%d in %.3f s", what, error, attempt_number, policy.max_attempts - 1, delay)
+            log.info("%s: %s; retry %d%s in %.3f s", what, error, attempt_number,
+                     "" if policy.max_attempts is None else f"/{policy.max_attempts - 1}", delay)
             last = error
         yield Sleep(delay)

@@ -35,6 +35,7 @@ from .wire import GRPC_METHODS, HttpRequest, Request
 __all__ = ["Transport", "AsyncTransport", "GrpcTransport", "AsyncGrpcTransport", "RestTransport",
            "AsyncRestTransport", "open_transport"]
 
+RECONNECT_BACKOFF_MS = 1000
 
 
 class Transport(Protocol):
@@ -58,7 +59,11 @@ class _GrpcChannel:
                  max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.address = address
         options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
+                   ("grpc.max_receive_message_length", max_message_bytes),
+                   # grpcio backs off reconnecting up to 120 s, and meanwhile fails every call at once: after a
+                   # restart the channel would not see the new server for minutes. 1 s keeps it within the
+                   # retry policy's own backoff of noticing.
+                   ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS)]
         if address.tls:
             if tls.server_name:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
