@@ -30,8 +30,10 @@ class ImageHeader:
 
     @property
     def pixels(self) -> int:
-        """The pixels the decoder allocates: every frame of an animation counts (giflib decodes them all)."""
-        return max(self.width * self.height * self.frames, self.frame_pixels)
+        """What the limit is checked against: the decoded image's pixels, or for a GIF, giflib's rasters of every
+        frame (DGifSlurp decodes them all, at 1 byte per pixel, before TensorFlow keeps the first of them) in
+        RGB-pixel equivalents, whichever is larger."""
+        return max(self.width * self.height, -(-self.frame_pixels // 3))
 
     def describe(self) -> str:
         size = f"{self.width}x{self.height}"
@@ -59,14 +61,19 @@ _STANDALONE_MARKERS = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})
 def _jpeg(data: bytes) -> ImageHeader:
     pos = 2
     while True:
-        if pos >= len(data):
-            raise HeaderError("ends before the frame header (SOF)")
-        if data[pos] != 0xFF:
-            raise HeaderError(f"no marker at byte {pos}")
-        while pos < len(data) and data[pos] == 0xFF:  # fill bytes
+        # libjpeg's next_marker: bytes up to the next FF are skipped (a warning, not an error), FF fill bytes
+        # swallowed, and FF 00 (a stuffed zero) is garbage too; reading it any other way checks another SOF.
+        while True:
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                raise HeaderError("ends before the frame header (SOF)")
+            while pos < len(data) and data[pos] == 0xFF:
+                pos += 1
+            if pos >= len(data):
+                raise HeaderError("ends before the frame header (SOF)")
+            if data[pos] != 0x00:
+                break
             pos += 1
-        if pos >= len(data):
-            raise HeaderError("ends before the frame header (SOF)")
         marker = data[pos]
         pos += 1
         if marker in _STANDALONE_MARKERS:
@@ -112,6 +119,8 @@ def _gif(data: bytes) -> ImageHeader:
 
     while True:
         if pos >= len(data):
+            if frames:  # giflib stops at the end of the data as at the trailer
+                break
             raise HeaderError("ends before the trailer")
         block = data[pos]
         if block == 0x3B:  # trailer

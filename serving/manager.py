@@ -138,9 +138,12 @@ class ModelManager:
         self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop polling and wait for the pollers and retirements, ``timeout`` seconds in all (a load in progress
+        is not interrupted: its daemon thread is left behind)."""
         self._stop.set()
+        deadline = time.monotonic() + timeout
         for thread in self._threads + self._retirements:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_seconds):

@@ -62,10 +62,10 @@ def _version(text: str | None) -> int | None:
     """The version of a URL (digits, as the regexes match it), refused as TF Serving refuses it beyond int64."""
     if not text:
         return None
-    version = int(text)
-    if version > _INT64_MAX:
+    digits = text.lstrip("0") or "0"  # length first: int() itself refuses more than 4,300 digits
+    if len(digits) > len(str(_INT64_MAX)) or int(digits) > _INT64_MAX:
         raise invalid_argument(f"Failed to convert version: {text} to numeric.")
-    return version
+    return int(digits)
 
 
 def _read(body: bytes) -> tuple[object, bool]:

@@ -16,7 +16,6 @@ import concurrent.futures
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
 from functools import partial
 
@@ -34,6 +33,10 @@ from .rest import RestApi
 from .warmup import replay_warmup
 
 log = logging.getLogger("detserve.serving")
+
+# Once drained, a request still open can only be answered UNAVAILABLE (a REST body still uploading, a call that
+# arrived in the last instant): closing the listeners waits this long for them, not the drain timeout again.
+CLOSE_GRACE_S = 1.0
 
 
 
@@ -118,7 +121,7 @@ class EmbeddedServer:
             api = RestApi(self.plane, self.metrics, config.prometheus_path,
                           options.rest_api_timeout_in_ms / 1000 if options.rest_api_timeout_in_ms > 0 else None)
             runner = web.AppRunner(api.app(limit), handle_signals=False, access_log=None,
-                                   shutdown_timeout=options.drain_timeout_seconds)
+                                   shutdown_timeout=CLOSE_GRACE_S)
             await runner.setup()
             site = web.TCPSite(runner, host, options.rest_api_port, reuse_address=True)
             await site.start()
@@ -134,11 +137,9 @@ class EmbeddedServer:
         # retried). Then close both, with what is left of the drain timeout for stragglers.
         log.info("shutting down: new requests are answered UNAVAILABLE; draining those in flight (up to %g s)",
                  options.drain_timeout_seconds)
-        started = time.monotonic()
         if not await self.plane.drain(options.drain_timeout_seconds):
             log.warning("drain timeout: requests still running after %g s are cut off", options.drain_timeout_seconds)
-        grace = max(0.1, options.drain_timeout_seconds - (time.monotonic() - started))
-        tasks = [grpc_server.stop(grace)]
+        tasks = [grpc_server.stop(CLOSE_GRACE_S)]
         if runner is not None:
             tasks.append(runner.cleanup())
         await asyncio.gather(*tasks)
@@ -148,7 +149,7 @@ class EmbeddedServer:
         if self.scheduler is not None:
             self.scheduler.stop(timeout=self.options.drain_timeout_seconds)
         if self.manager is not None:
-            self.manager.stop()
+            self.manager.stop(timeout=CLOSE_GRACE_S)  # a version still loading is abandoned: it never served
         if self.executor is not None:
             self.executor.shutdown(wait=True)
         log.info("stopped")

@@ -64,7 +64,7 @@ def error_of(reply: requests.Response, status: int = 400) -> str:
 # -- versions in the URL ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", ["99999999999999999999", str(INT64_MAX + 1)])
+@pytest.mark.parametrize("version", ["99999999999999999999", str(INT64_MAX + 1), "9" * 5000])
 @pytest.mark.parametrize("method, suffix", [("GET", "/metadata"), ("GET", ""), ("POST", ":predict")])
 def test_a_version_beyond_int64_is_refused_as_tf_serving_refuses_it(server, session, version, method, suffix):
     reply = session.request(method, f"{server.rest_url}/v1/models/detector/versions/{version}{suffix}",

@@ -54,7 +54,11 @@ class RetryPolicy:
 
     def backoff(self, retry: int, rng: random.Random | None = None) -> float:
         """Sleep before retry number ``retry`` (1-based)."""
-        cap = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        try:
+            grown = self.initial_backoff * self.multiplier ** (retry - 1)
+        except OverflowError:  # ~1,000 retries into an outage without a deadline: long past the cap
+            grown = self.max_backoff
+        cap = min(self.max_backoff, grown)
         return (rng or random).uniform(0.0, cap)
 
 
