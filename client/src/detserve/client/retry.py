@@ -65,7 +65,7 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 # A call's default deadline, retries included: long enough to ride through a server restart (SIGTERM, then a
-# new process loading and warming a detector: 20-45 s on 2 CPU cores), short enough that a dead server is
+# new process loading and warming a detector: 27-50 s on 2 CPU cores), short enough that a dead server is
 # reported within a minute.
 DEFAULT_TIMEOUT = 60.0
 
