@@ -166,7 +166,7 @@ def to_ndarray(proto: tensor_pb2.TensorProto, name: str = "", max_bytes: int = M
     dtype = NUMPY_DTYPES.get(enum)
     if proto.tensor_content and dtype is not None:
         content = proto.tensor_content
-        expected = math.prod(shape) * dtype.itemsize
+        expected = numeric_bytes(proto)
         if len(content) != expected:
             raise invalid_argument(
                 f"{where}: tensor_content has {len(content)} bytes but shape {list(shape)} of "

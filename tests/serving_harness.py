@@ -171,6 +171,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def memory_bytes(pid: int | str = "self", field: str = "VmRSS") -> int:
+    """A process's resident memory now (VmRSS) or its peak so far (VmHWM), from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def reset_peak_memory(pid: int | str = "self") -> None:
+    """Reset a process's VmHWM to its current VmRSS (Linux clear_refs), so a later peak shows."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def predict_request(inputs: dict, model: str = "detector", signature: str = "", version: int | None = None,
                     label: str = "", output_filter=()):
     """A PredictRequest (``tensorflow_serving.apis``); ``inputs`` values are TensorProtos or numpy arrays."""

@@ -12,11 +12,10 @@ import io
 import struct
 import threading
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_harness import cached_model, encode_image, install_version
+from serving_harness import cached_model, encode_image, install_version, memory_bytes, reset_peak_memory
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 
@@ -79,14 +78,6 @@ def refused(plane: DataPlane, message: predict_pb2.PredictRequest) -> str:
     return error.value.message
 
 
-def memory_bytes(field: str = "VmRSS") -> int:
-    """VmRSS (resident now) or VmHWM (the peak resident size so far) of this process."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/self/status")
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Declared shapes and short typed fields
 
@@ -94,13 +85,12 @@ def memory_bytes(field: str = "VmRSS") -> int:
 def test_a_51_byte_request_declaring_2_4_gb_is_refused_from_its_header(planes):
     bomb = request({"images": typed(types_pb2.DT_UINT8, [1, 20000, 40000, 3], int_val=[7])})
     assert bomb.ByteSize() < 64
-    with open("/proc/self/clear_refs", "w") as clear:  # reset VmHWM to the current size: a peak must show
-        clear.write("5")
-    before, peak_before = memory_bytes(), memory_bytes("VmHWM")
+    reset_peak_memory()  # a peak must show
+    before, peak_before = memory_bytes(), memory_bytes(field="VmHWM")
     assert peak_before - before < 200 * 1024 * 1024
     message = refused(planes["detector"], bomb)
     # The peak, not only what is resident afterwards: freed at once, a 2.4 GB array would not show in VmRSS.
-    assert memory_bytes("VmHWM") - before < 200 * 1024 * 1024
+    assert memory_bytes(field="VmHWM") - before < 200 * 1024 * 1024
     assert f"input 'images': 20000x40000 images (800000000 pixels) exceed the server's limit of {MAX_PIXELS}" in message
 
 
