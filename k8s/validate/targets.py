@@ -23,6 +23,9 @@ EXPECTED_HARDWARE = {
 REQUIRED_TARGETS = ("overlays/gpu", "overlays/cpu", "overlays/canary", "jobs/train")
 # Components are rendered on top of this overlay.
 COMPONENT_HOST = "overlays/gpu"
+# Components that add Pods of their own (not containers in the serving Pod), which run on CPU on any host: their
+# workloads are judged by image and limits, not by the host's hardware (a GPU host would ask them for a GPU).
+OWN_HARDWARE_COMPONENTS = {"components/web-demo"}
 # Custom resources that may appear, and where (kubernetes-validate has no schema for them; the default renders must
 # stay free of them).
 ALLOWED_CUSTOM_KINDS = {"components/servicemonitor": {"ServiceMonitor"}}
@@ -75,5 +78,6 @@ def discover_targets(root: Path, workdir: Path) -> tuple[list[Target], list[str]
                 }
             )
         )
-        targets.append(_target(f"components/{kustomization.parent.name}", combo, COMPONENT_HOST))
+        name = f"components/{kustomization.parent.name}"
+        targets.append(_target(name, combo, name if name in OWN_HARDWARE_COMPONENTS else COMPONENT_HOST))
     return targets, problems
