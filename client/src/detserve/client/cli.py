@@ -9,6 +9,7 @@ Built in here (client only, no TensorFlow): ``detect``, ``status``, ``metadata``
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from importlib.metadata import entry_points
@@ -104,29 +105,92 @@ def _detector(server, model, model_version, version_label, timeout, ca_cert, ser
         raise click.BadParameter(str(error)) from None
 
 
-def _output_name(image: str, used: set[str]) -> str:
-    stem = Path(image).stem or "image"
-    name, n = f"{stem}.png", 1
+def _output_name(stem: str, used: set[str], suffix: str = ".png") -> str:
+    """``<stem><suffix>``, or ``<stem>-2<suffix>``, ... if an earlier input of this run took the name."""
+    stem = stem or "image"
+    name, n = f"{stem}{suffix}", 1
     while name in used:
         n += 1
-        name = f"{stem}-{n}.png"
+        name = f"{stem}-{n}{suffix}"
     used.add(name)
     return name
 
 
-def _table(image: str, width: int, height: int, detections, annotated: str | None) -> str:
-    lines = [f"{image} ({width}x{height}): {len(detections)} detection{'s' if len(detections) != 1 else ''}"
-             + (f" -> {annotated}" if annotated else "")]
-    if detections:
-        lines.append(f"  {'label':<24} {'class':>5} {'score':>6} {'xmin':>8} {'ymin':>8} {'xmax':>8} {'ymax':>8}")
-        for d in detections:
-            lines.append(f"  {d.label[:24]:<24} {d.class_id:>5} {d.score:>6.3f} {d.box.xmin:>8.1f} {d.box.ymin:>8.1f} "
-                         f"{d.box.xmax:>8.1f} {d.box.ymax:>8.1f}")
-    return "\n".join(lines)
+class _Inputs:
+    """Bad inputs: reported on stderr by name and skipped, or (``--strict``) the run fails with exit 4."""
+
+    def __init__(self, strict: bool, say):
+        self.strict, self.say = strict, say
+        self.skipped: list[str] = []
+        self.done = 0
+
+    def bad(self, name: str, error: Exception) -> None:
+        from .errors import InvalidInput
+
+        message = " ".join(str(error.message if isinstance(error, InvalidInput) else error).split())
+        if self.strict:
+            raise ClientFailure(f"InvalidInput: {message} (--strict)", 4)
+        if name not in message:
+            message = f"{name}: {message}"
+        self.skipped.append(message)
+        self.say(f"skipped: {message}")
+
+
+def _items(sources, inputs: _Inputs, counter: itertools.count, **read_args):
+    """Every image and frame of ``sources`` in order, each with its 1-based index; bad sources skipped."""
+    from .errors import InvalidInput
+    from .sources import read
+
+    for source in sources:
+        try:
+            for item in read(source, **read_args):
+                yield next(counter), item
+        except InvalidInput as error:
+            next(counter)  # a skipped image keeps its index: ids stay the input order
+            inputs.bad(source.name, error)
+
+
+def _detect_batch(detector, batch, inputs: _Inputs, **options):
+    """Detections for each (index, item) of ``batch``; if the server rejects the batch, image by image, so one
+    bad image (e.g. a truncated JPEG whose header reads) is skipped by name and the others still go through."""
+    from .errors import InvalidInput
+
+    try:
+        return list(zip(batch, detector.detect_batch([item.image for _, item in batch], **options), strict=True))
+    except InvalidInput as error:
+        if len(batch) == 1:
+            inputs.bad(batch[0][1].image.source, error)
+            return []
+    results = []
+    for entry in batch:
+        results.extend(_detect_batch(detector, [entry], inputs, **options))
+    return results
+
+
+def _expected_count(sources, max_frames: int | None, vid_stride: int) -> int | None:
+    """Images + frames the run will read (for the progress bar's total), None if a source cannot say."""
+    from .errors import InvalidInput
+    from .sources import open_video
+
+    total = 0
+    for source in sources:
+        if not source.is_stream:
+            total += 1
+            continue
+        try:
+            reader = open_video(source, max_frames=max_frames, vid_stride=vid_stride)
+        except InvalidInput:
+            continue  # reported when it is read
+        count = reader.expected_frames
+        reader.close()
+        if count is None:
+            return None
+        total += count
+    return total
 
 
 @main.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCES...")
 @server_options
 @click.option("--score-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Drop detections scoring below this.")
@@ -134,46 +198,139 @@ def _table(image: str, width: int, height: int, detections, annotated: str | Non
 @click.option("--encoding", type=click.Choice(["auto", "raw", "jpeg", "png"]), default="auto", show_default=True,
               help="auto: raw uint8 over gRPC, JPEG over REST.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Write <DIR>/<image>.png with the labelled boxes drawn.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+              help="Write <DIR>/<image>.png (images) and <DIR>/<video>.mp4 (videos, cameras) with the boxes drawn.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "csv", "coco"]), default=None,
+              help="Output on stdout (default table): json = one list at the end, jsonl = one object per "
+                   "image/frame, csv = one row per detection, coco = COCO results JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--coco-gt", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="COCO ground truth: --format coco uses the id of the image whose file_name matches.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Images per request.")
-def detect(images, server, model, model_version, version_label, timeout, ca_cert, server_name, headers,
-           score_threshold, max_detections, encoding, out_dir, as_json, batch_size):
-    """Detect objects in IMAGE... with a served model; print a table or JSON, optionally write annotated PNGs."""
-    from .images import load_image
+@click.option("--max-frames", type=click.IntRange(min=1), default=None,
+              help="At most this many frames per video or camera.")
+@click.option("--vid-stride", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Detect on every K-th frame of videos and cameras.")
+@click.option("--strict", is_flag=True, help="Fail (exit 4) on the first bad input instead of skipping it.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def detect(sources, server, model, model_version, version_label, timeout, ca_cert, server_name, headers,
+           score_threshold, max_detections, encoding, out_dir, fmt, as_json, coco_gt, batch_size, max_frames,
+           vid_stride, strict, quiet):
+    """Detect objects in SOURCES with a served model.
 
+    SOURCES: image files, folders (recursive), globs ('photos/**/*.jpg', quoted), - (one image on stdin),
+    http(s) URLs, video files (.mp4 .avi .mov .mkv .webm ...), rtsp:// streams, or a camera index (0).
+    Bad inputs are reported on stderr and skipped (exit 0 if any input went through, 4 if none); --strict
+    fails on the first. Annotated images/videos go to --out.
+    """
+    import numpy as np
+    from tqdm import tqdm
+
+    from .errors import InvalidInput
+    from .results import Record, make_writer
+    from .sources import resolve
+    from .video import VideoSink, VideoUnavailable
+
+    if as_json and fmt not in (None, "json"):
+        raise click.BadParameter(f"--json is --format json; it conflicts with --format {fmt}", param_hint="--json")
+    fmt = "json" if as_json else fmt or "table"
+    if coco_gt and fmt != "coco":
+        raise click.BadParameter("only used with --format coco", param_hint="--coco-gt")
+    bar = None
+
+    def say(text: str) -> None:  # stderr, around the progress bar
+        tqdm.write(text, file=sys.stderr) if bar is not None else click.echo(text, err=True)
+
+    def echo(text: str) -> None:  # stdout, around the progress bar
+        tqdm.write(text, file=sys.stdout) if bar is not None else click.echo(text)
+
+    inputs = _Inputs(strict, say)
+    resolved, collections = [], False
+    for argument in sources:
+        try:
+            found = resolve(argument)
+            resolved.extend(found)
+            collections = collections or len(found) != 1 or found[0].target != argument  # a folder or a glob
+        except InvalidInput as error:
+            inputs.bad(argument, error)
+    try:
+        writer = make_writer(fmt, echo, coco_gt=coco_gt)
+    except InvalidInput as error:
+        raise _fail(error) from None
     detector = _detector(server, model, model_version, version_label, timeout, ca_cert, server_name, headers,
                          encoding=encoding, max_batch_size=batch_size)
-    records = []
-    used: set[str] = set()
     out = Path(out_dir) if out_dir else None
+    used: set[str] = set()
+    videos: dict = {}  # Source -> VideoSink of its annotated frames
+    streams = any(source.is_stream for source in resolved)
+    # A progress bar for folders, globs, videos and cameras; not for images named one by one.
+    show_bar = not quiet and (streams or (collections and len(resolved) > 1))
+    interrupted = False
     try:
+        total = _expected_count(resolved, max_frames, vid_stride) if show_bar and streams else len(resolved)
+        bar = tqdm(total=total, unit="frame" if streams else "img", file=sys.stderr, dynamic_ncols=True,
+                   disable=not show_bar, leave=False)
+        if bar.disable:
+            bar = None
+        items = _items(resolved, inputs, itertools.count(1), stdin=click.get_binary_stream("stdin"),
+                       timeout=timeout, max_frames=max_frames, vid_stride=vid_stride)
         with detector:
-            for start in range(0, len(images), batch_size):
-                batch = list(images[start:start + batch_size])
-                loaded = [load_image(path) for path in batch]
-                results = detector.detect_batch(loaded, score_threshold=score_threshold,
-                                                max_detections=max_detections)
-                for path, image, detections in zip(batch, loaded, results, strict=True):
+            while batch := list(itertools.islice(items, batch_size)):
+                for (index, item), detections in _detect_batch(detector, batch, inputs,
+                                                                score_threshold=score_threshold,
+                                                                max_detections=max_detections):
                     annotated = None
                     if out is not None:
-                        from PIL import Image
-
                         from .draw import annotate
 
-                        out.mkdir(parents=True, exist_ok=True)
-                        annotated = str(out / _output_name(path, used))
-                        annotate(Image.fromarray(image.pixels), detections).save(annotated)
-                    records.append((path, image, detections, annotated))
-                    if not as_json:
-                        click.echo(_table(path, image.width, image.height, detections, annotated))
+                        drawn = annotate(item.image.pixels, detections)
+                        if item.source.is_stream:
+                            for done in [s for s in videos if s != item.source]:  # sources come one after another
+                                videos.pop(done).close()
+                            if item.source not in videos:
+                                videos[item.source] = VideoSink(out / _output_name(item.source.stem, used, ".mp4"),
+                                                                item.fps or 25.0)
+                            sink = videos[item.source]
+                            sink.write(np.asarray(drawn))
+                            annotated = str(sink.path)
+                        else:
+                            out.mkdir(parents=True, exist_ok=True)
+                            annotated = str(out / _output_name(item.source.stem, used))
+                            drawn.save(annotated)
+                    record = Record(item.source.name, index,
+                                    item.image.width, item.image.height, detections, item.frame, item.timestamp,
+                                    annotated)
+                    try:
+                        writer.write(record)
+                    except InvalidInput as error:  # e.g. no such file_name in --coco-gt
+                        inputs.bad(record.source, error)
+                        continue
+                    inputs.done += 1
+                if bar is not None:
+                    bar.update(len(batch))
+    except KeyboardInterrupt:  # a camera runs until Ctrl-C: keep what was detected
+        interrupted = True
+    except ClientFailure:
+        raise
+    except VideoUnavailable as error:
+        raise ClientFailure(str(error), 1) from None
     except Exception as error:  # noqa: BLE001 - every failure becomes one line and an exit code
         raise _fail(error) from None
-    if as_json:
-        click.echo(json.dumps([{"image": path, "width": image.width, "height": image.height,
-                                "detections": [d.to_dict() for d in detections], "annotated": annotated}
-                               for path, image, detections, annotated in records], indent=2))
+    finally:
+        for sink in videos.values():
+            sink.close()
+        if bar is not None:
+            bar.close()
+            bar = None
+    writer.close()
+    if inputs.skipped:
+        say(f"{len(inputs.skipped)} input{'s' if len(inputs.skipped) != 1 else ''} skipped, {inputs.done} done")
+    if interrupted:
+        raise ClientFailure("interrupted", 130)
+    if not inputs.done and inputs.skipped:
+        raise ClientFailure(f"InvalidInput: {inputs.skipped[0]}", 4)
+    if not inputs.done and not resolved:
+        raise ClientFailure("InvalidInput: no images or videos in " + ", ".join(sources), 4)
 
 
 @main.command()
