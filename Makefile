@@ -47,7 +47,7 @@ DEMO_DEPTH_MULTIPLIER ?= 0.35
 
 PYTEST_FLAGS ?=
 
-.PHONY: serve-check help setup lock test lint demo synth data train evaluate export serve bench-serving bench-batching clean
+.PHONY: serve-check help setup lock test lint demo synth data train evaluate export serve bench-serving bench-batching clean web-demo
 
 help:
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -132,6 +132,12 @@ serve-check: setup ## Start the embedded server on $(REPOSITORY), detect on a sy
 	$(DETSERVE) status --server grpc://localhost:8500 --model $(MODEL_NAME) --wait 180; \
 	$(DETSERVE) detect $(firstword $(wildcard $(IMAGES)/*.jpg)) --server grpc://localhost:8500 --model $(MODEL_NAME) --out $(RUN)/detections; \
 	$(DETSERVE) detect $(firstword $(wildcard $(IMAGES)/*.jpg)) --server http://localhost:8501 --model $(MODEL_NAME) --json
+
+# The web demo's server and example images (files or directories), e.g. DEMO_SERVER=http://localhost:8501.
+DEMO_SERVER ?= grpc://localhost:8500
+DEMO_EXAMPLES ?=
+web-demo: setup ## Web demo (Gradio, http://127.0.0.1:7860) on $(MODEL_NAME) at $(DEMO_SERVER); start `make serve` first
+	$(DETSERVE) demo --server $(DEMO_SERVER) --model $(MODEL_NAME) $(foreach e,$(DEMO_EXAMPLES),--examples $(e))
 
 clean: ## Remove generated runs (keeps .venv)
 	rm -rf $(RUN)

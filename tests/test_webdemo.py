@@ -25,7 +25,9 @@ VERSION = 100
 
 def serve_tiny(tmp_path_factory) -> testing.ServerProcess:
     """The embedded server with the tiny model as `detector` version VERSION (started; wait_ready it)."""
-    template = testing.cached_model("tiny", tmp_path_factory.mktemp("cache"), version=VERSION, warmup=None)
+    # One build per test session (cached_model keys on the directory), shared by both web-demo modules.
+    template = testing.cached_model("tiny", tmp_path_factory.getbasetemp() / "webdemo-models", version=VERSION,
+                                    warmup=None)
     repository = tmp_path_factory.mktemp("repository")
     testing.install_version(template, repository / "detector", VERSION)
     return testing.ServerProcess(["--repository", str(repository), "--model-name", "detector",

@@ -1,0 +1,108 @@
+"""The web demo in a real headless browser (Debian's chromium + chromedriver, driven by selenium): load the page,
+upload a photo, see boxes, move the score slider, see the count change. Writes docs/images/web-demo.png."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from test_webdemo import serve_tiny
+
+from detserve.client import Detector
+
+testing = pytest.importorskip("serving_harness", reason="the embedded server (detserve serve) is not here")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "web-demo.png"
+pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                                reason="needs Debian's chromium and chromedriver (apt-get install chromium "
+                                       "chromium-driver)")
+# The tiny model's scores top out at the photo's mean brightness (about 0.36 for the shared photo): start low.
+START_THRESHOLD = 0.1
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory, example_image):
+    """The demo on a free port, against the embedded server with the tiny model; yields its URL."""
+    from detserve.client.webdemo.app import build_app, launch
+
+    server = serve_tiny(tmp_path_factory)
+    try:
+        # The page starts while the server loads its model (the client connects lazily): the two overlap.
+        with Detector(server.grpc_url, "detector", timeout=10) as detector:
+            app = build_app(detector, [example_image], START_THRESHOLD, model="detector")
+            port = testing.free_port()
+            launch(app, port=port, prevent_thread_lock=True, quiet=True)
+            try:
+                server.wait_ready("detector")
+                yield f"http://127.0.0.1:{port}/"
+            finally:
+                app.close()
+    finally:
+        server.terminate()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="detserve-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    # Without the background-networking flags Chromium's own connections are refused on a closed network and
+    # can stall start-up; a fresh profile keeps runs independent.
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,1100"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _count(driver) -> tuple[int, float] | None:
+    """(detections, threshold) from the count text, e.g. "63 detections ≥ 0.10"."""
+    from selenium.webdriver.common.by import By
+
+    text = driver.find_element(By.ID, "detection-count").text
+    match = re.search(r"(\d+) detections? ≥ ([\d.]+)", text)
+    return (int(match[1]), float(match[2])) if match else None
+
+
+def test_upload_see_boxes_move_the_slider(page, browser, example_image):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(page)
+    wait.until(lambda d: _count(d) == (0, START_THRESHOLD))
+    upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#input-image input[type=file]"))
+    upload.send_keys(str(example_image))
+    wait.until(lambda d: (_count(d) or (0,))[0] > 0)
+    boxes, _ = _count(browser)
+    status = browser.find_element(By.ID, "detection-status").text
+    assert "detector" in status and "version 100" in status and "ms" in status, status
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#annotated-image img"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#detections-table tbody tr")
+    assert len(rows) >= 1
+
+    # The slider's number box: type a new threshold and leave the box (Gradio commits it on change).
+    number = browser.find_element(By.CSS_SELECTOR, "#score-threshold input[type=number]")
+    number.send_keys(Keys.CONTROL, "a")
+    number.send_keys("0.3", Keys.TAB)
+    wait.until(lambda d: (_count(d) or (0, 0.0))[1] == 0.3)
+    fewer, _ = _count(browser)
+    assert 0 < fewer < boxes, (fewer, boxes)
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOT))
+    assert SCREENSHOT.stat().st_size > 10_000
