@@ -205,6 +205,29 @@ def test_cli_evaluates_a_saved_model(saved_model_dir, data_dir, tmp_path):
     assert (out / GRID_FILENAME).is_file()
 
 
+def test_cli_refuses_a_saved_model_whose_classes_are_not_the_data_s(saved_model_dir, tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data)
+    write_label_map(CLASSES[::-1], data / "label_map.pbtxt")  # the ids of the TFRecords, named the other way
+    result = CliRunner().invoke(evaluate_command, ["--model", str(saved_model_dir), "--data", str(data),
+                                                   "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 1
+    assert (f"the model's classes ({saved_model_dir / 'assets' / 'label_map.pbtxt'}) do not match the data's label map "
+            f"({data / 'label_map.pbtxt'}): id 1: 'with_mask' in the model, 'without_mask' in the data; "
+            "id 2: 'without_mask' in the model, 'with_mask' in the data.") in " ".join(result.output.split())
+    assert not (tmp_path / "eval").exists()
+
+
+def test_label_map_mismatch_names_missing_and_extra_ids():
+    from detserve.training.data.label_map import label_map_mismatch
+
+    assert label_map_mismatch({1: "a", 2: "b"}, {1: "a", 2: "b"}, "m", "d") is None
+    problem = label_map_mismatch({1: "a"}, {1: "a", 2: "b"}, "m", "d")
+    assert "id 2: None in the model, 'b' in the data" in problem
+    many = label_map_mismatch({i: f"m{i}" for i in range(1, 9)}, {i: f"d{i}" for i in range(1, 9)}, "m", "d")
+    assert "id 5: 'm5' in the model, 'd5' in the data; and 3 more." in many and "id 6" not in many
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model-dir", "{tmp}/missing"], "model directory not found: {tmp}/missing"),
     (["--model-dir", "{tmp}"], "pipeline config not found: {tmp}/pipeline.config"),
@@ -296,6 +319,10 @@ model {
     }
   }
 }
+train_input_reader {
+  label_map_path: "DATA_DIR/label_map.pbtxt"
+  tf_record_input_reader { input_path: "DATA_DIR/train-?????-of-?????.tfrecord" }
+}
 eval_input_reader {
   label_map_path: "DATA_DIR/label_map.pbtxt"
   shuffle: false
@@ -370,6 +397,17 @@ def test_cli_evaluates_the_latest_checkpoint_of_a_model_dir(tiny_checkpoint):
     assert document["num_images"] == 2
     assert document["data"].endswith("test-?????-of-?????.tfrecord")  # from pipeline.config's eval_input_reader
     assert (tiny_checkpoint / "eval" / "pr_curve_with_mask.png").is_file()
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_label_map_other_than_the_training_one(tiny_checkpoint, data_dir, tmp_path):
+    write_label_map(["with_mask", "no_mask"], tmp_path / "renamed.pbtxt")
+    result = CliRunner().invoke(evaluate_command, ["--model-dir", str(tiny_checkpoint), "--label-map",
+                                                   str(tmp_path / "renamed.pbtxt"), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 1
+    output = " ".join(result.output.split())
+    assert f"the model's classes ({data_dir / 'label_map.pbtxt'}, the training label map of" in output
+    assert "id 2: 'without_mask' in the model, 'no_mask' in the data" in output
 
 
 @pytest.mark.slow

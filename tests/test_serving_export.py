@@ -92,3 +92,59 @@ def test_metadata_lists_the_export_signatures_and_warmup_was_replayed(server, tr
     assert info.status_code == 200, info.text
     assert info.json()["outputs"]["input_height"] == [size]
     assert "warmup record(s)" in server.log()
+
+
+# `detserve evaluate --server`: the COCO table measured through the wire equals the in-process SavedModel's.
+AGREEMENT = 0.002  # the bound; raw and PNG are lossless, so the served metrics should be the same numbers
+
+
+@pytest.fixture(scope="module")
+def in_process_metrics(exported, trained_model, tmp_path_factory) -> dict:
+    return _evaluate(["--model", str(exported[1]), "--data", str(trained_model.data_dir)], tmp_path_factory)
+
+
+def _evaluate(args: list[str], tmp_path_factory) -> dict:
+    from click.testing import CliRunner
+
+    from detserve.training.evaluation.cli import evaluate
+    from detserve.training.evaluation.report import METRICS_FILENAME, read_metrics_json
+
+    out = tmp_path_factory.mktemp("eval")
+    result = CliRunner().invoke(evaluate, [*args, "--out", str(out), "--grid-images", "0"])
+    assert result.exit_code == 0, result.output
+    return read_metrics_json(out / METRICS_FILENAME)
+
+
+@pytest.mark.parametrize("transport, encoding, batch_size", [("grpc", "raw", 4), ("rest", "png", 3)])
+def test_evaluate_through_the_server_reproduces_the_in_process_metrics(
+        server, trained_model, in_process_metrics, tmp_path_factory, transport, encoding, batch_size):
+    served = _evaluate(["--server", server.url(transport), "--model", "detector", "--data", str(trained_model.data_dir),
+                        "--encoding", encoding, "--batch-size", str(batch_size)], tmp_path_factory)
+    assert served["model"]["kind"] == "served" and served["model"]["version"] == 1
+    assert served["num_images"] == in_process_metrics["num_images"] > 0
+    expected = in_process_metrics["metrics"]
+    assert expected["DetectionBoxes_Precision/mAP@.50IOU"] > 0.3  # a detector that finds things: agreement means something
+    for name, value in served["metrics"].items():
+        if value is None or expected[name] is None:
+            assert value == expected[name], name
+        else:
+            assert abs(value - expected[name]) <= AGREEMENT, (name, value, expected[name])
+
+
+def test_evaluate_through_the_server_refuses_other_class_names(server, trained_model, tmp_path):
+    from click.testing import CliRunner
+
+    from detserve.training.data.label_map import read_label_map, write_label_map
+    from detserve.training.evaluation.cli import evaluate
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for shard in trained_model.data_dir.glob("test-*.tfrecord"):
+        (data / shard.name).symlink_to(shard)
+    names = list(read_label_map(trained_model.data_dir / "label_map.pbtxt").values())
+    write_label_map(names[::-1], data / "label_map.pbtxt")  # same names, another order: ids disagree
+    result = CliRunner().invoke(evaluate, ["--server", server.grpc_url, "--data", str(data), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 1
+    assert "do not match the data's label map" in result.output
+    assert f"id 1: {names[0]!r} in the model, {names[-1]!r} in the data" in result.output
+    assert not (tmp_path / "e").exists()  # refused before predicting

@@ -7,6 +7,7 @@ of a SavedModel and the serving side can read label maps without importing TFOD2
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from detserve.client.contract import LABEL_ID_OFFSET
@@ -50,3 +51,23 @@ def parse_label_map(text: str, source: str = "<label map>") -> dict[int, str]:
 def read_label_map(path: Path | str) -> dict[int, str]:
     path = Path(path)
     return parse_label_map(path.read_text(), source=str(path))
+
+
+def label_map_mismatch(model: Mapping[int, str], data: Mapping[int, str], model_source: str,
+                       data_source: str) -> str | None:
+    """None when a model's classes and a dataset's label map agree id for id; else why they do not.
+
+    Evaluation matches predictions to ground truth by id: a model trained with another label map (other
+    names, another order, another class count) would be scored wrongly without a word.
+    """
+    differences = []
+    for class_id in sorted(set(model) | set(data)):
+        in_model, in_data = model.get(class_id), data.get(class_id)
+        if in_model != in_data:
+            differences.append(f"id {class_id}: {in_model!r} in the model, {in_data!r} in the data")
+    if not differences:
+        return None
+    shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
+    return (f"the model's classes ({model_source}) do not match the data's label map ({data_source}): {shown}. "
+            "Convert the data so that its ids are the model's (detserve data --class-map) or evaluate the "
+            "model trained on this data")

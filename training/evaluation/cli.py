@@ -1,4 +1,4 @@
-"""``detserve evaluate``: COCO metrics of a training checkpoint or an exported SavedModel."""
+"""``detserve evaluate``: COCO metrics of a training checkpoint, an exported SavedModel or a served model."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from detserve.client.contract import LABEL_MAP_FILENAME, label_map_file
+from detserve.client.retry import DEFAULT_TIMEOUT
 
 from ..logs import quiet_tensorflow
 
@@ -54,7 +55,20 @@ def _read_label_map(path: Path) -> dict[int, str]:
 @click.option("--pipeline-config", type=click.Path(path_type=Path),
               help="TFOD2 pipeline.config. Default: <model-dir>/pipeline.config.")
 @click.option("--model", "saved_model", type=click.Path(path_type=Path),
-              help="Exported SavedModel directory (<repository>/<name>/<version>) instead of a checkpoint; needs --data.")
+              help="Exported SavedModel directory (<repository>/<name>/<version>) instead of a checkpoint; needs --data. "
+                   "With --server: the served model's name (default: detector).")
+@click.option("--server", default=None, metavar="URL",
+              help="Evaluate the model a TF Serving endpoint serves (grpc://host:8500, http://host:8501, grpcs://, "
+                   "https://) through the client; needs --data and --out.")
+@click.option("--version", "model_version", type=int, default=None, help="With --server: the version (default: newest).")
+@click.option("--version-label", default=None, help="With --server: a version label (e.g. stable, canary).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="With --server: images per Predict request.")
+@click.option("--encoding", type=click.Choice(["raw", "png", "jpeg"]), default="raw", show_default=True,
+              help="With --server: how images travel. raw (uint8 pixels, resized as in the graph) and png are "
+                   "lossless; jpeg re-encodes the decoded test images and scores a little differently.")
+@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+              help="With --server: deadline per request, retries included, seconds.")
 @click.option("--data", type=click.Path(path_type=Path),
               help="Data directory with <split>-*.tfrecord and label_map.pbtxt. Default: pipeline.config's eval input.")
 @click.option("--split", default=None, help=f"Split to evaluate in --data (default: {DEFAULT_SPLIT}).")
@@ -74,6 +88,12 @@ def evaluate(
     checkpoint: Path | None,
     pipeline_config: Path | None,
     saved_model: Path | None,
+    server: str | None,
+    model_version: int | None,
+    version_label: str | None,
+    batch_size: int,
+    encoding: str,
+    timeout: float,
     data: Path | None,
     split: str | None,
     label_map: Path | None,
@@ -86,19 +106,29 @@ def evaluate(
     """COCO detection metrics (pycocotools) on the test split.
 
     Prints TFOD2's metric table with per-class AP@.50 and writes metrics.json, a precision-recall
-    curve per class and a grid of test images with ground truth and predictions into --out.
+    curve per class and a grid of test images with ground truth and predictions into --out. The model's
+    classes must match the data's label map id for id (else the scores would be wrong).
     """
-    if saved_model is not None:
+    if server is not None:
+        if model_dir or checkpoint or pipeline_config:
+            raise click.UsageError("--server evaluates a served model; do not combine it with "
+                                   "--model-dir/--checkpoint/--pipeline-config")
+        make_predictor, model_info, pattern, label_map_path, out, truth_path = _served_setup(
+            server, str(saved_model) if saved_model else "detector", model_version, version_label, batch_size,
+            encoding, timeout, data, split, label_map, out)
+    elif saved_model is not None:
         if model_dir or checkpoint or pipeline_config:
             raise click.UsageError("--model evaluates a SavedModel; do not combine it with --model-dir/--checkpoint/--pipeline-config")
-        make_predictor, model_info, pattern, label_map_path, out = _saved_model_setup(saved_model, data, split, label_map, out)
+        make_predictor, model_info, pattern, label_map_path, out, truth_path = _saved_model_setup(saved_model, data, split, label_map, out)
     else:
-        make_predictor, model_info, pattern, label_map_path, out = _checkpoint_setup(
+        make_predictor, model_info, pattern, label_map_path, out, truth_path = _checkpoint_setup(
             model_dir, checkpoint, pipeline_config, data, split, label_map, out)
     # Cheap checks first: building a model takes seconds.
     labels = _read_label_map(label_map_path)
+    truth = labels if truth_path == label_map_path else _read_label_map(truth_path)
     _require_records(pattern)
-    predictor = make_predictor()
+    predictor, model_classes, model_info = make_predictor(model_info)
+    _check_classes(model_classes, model_info, truth, truth_path)
 
     from .report import METRICS_FILENAME, format_table, read_metrics_json
 
@@ -113,6 +143,20 @@ def evaluate(
     document = read_metrics_json(out / METRICS_FILENAME)
     click.echo(format_table(metrics, title=f"COCO detection metrics on {document['num_images']} images ({pattern})"))
     click.echo(f"wrote {out / METRICS_FILENAME} and PNGs in {out}")
+
+
+def _check_classes(model_classes: tuple[dict[int, str], str] | None, model_info: dict,
+                   labels: dict[int, str], label_map_path: Path) -> None:
+    """Stop unless the model's classes (and where they were read) match the label map the data is scored with."""
+    from ..data.label_map import label_map_mismatch
+
+    if model_classes is None:
+        click.echo(f"warning: the model's class names are unknown ({model_info['kind']}): cannot check them against "
+                   f"{label_map_path}; its class ids are assumed to be the data's", err=True)
+        return
+    problem = label_map_mismatch(model_classes[0], labels, model_classes[1], str(label_map_path))
+    if problem:
+        raise click.ClickException(problem)
 
 
 def _require_records(pattern: str) -> None:
@@ -138,20 +182,24 @@ def _saved_model_setup(saved_model: Path, data: Path | None, split: str | None, 
     if out is None:
         raise click.UsageError("--model needs --out (the SavedModel directory is left untouched)")
     pattern, data_label_map = _data_and_label_map(data, split, None)
+    bundled = label_map_file(saved_model)
     if label_map is None:
-        # An exported model carries its label map; fall back to the data's.
-        bundled = label_map_file(saved_model)
+        # An exported model carries its label map (checked against the data's); fall back to the data's.
         label_map = bundled if bundled.is_file() else data_label_map
 
-    def make_predictor():
+    def make_predictor(model_info: dict):
         from .predictors import saved_model_predictor
 
         try:
-            return saved_model_predictor(saved_model)
+            predictor = saved_model_predictor(saved_model)
         except ValueError as error:  # no such signature, or not an image input
             raise click.ClickException(str(error)) from error
+        classes = (_read_label_map(bundled), str(bundled)) if bundled.is_file() else None
+        return predictor, classes, model_info
 
-    return make_predictor, {"kind": "saved_model", "path": str(saved_model)}, pattern, label_map, out
+    # The ids in the TFRecords are the data's label map's: the model's classes are checked against it.
+    truth = data_label_map if data_label_map.is_file() else label_map
+    return make_predictor, {"kind": "saved_model", "path": str(saved_model)}, pattern, label_map, out, truth
 
 
 def _checkpoint_setup(model_dir: Path | None, checkpoint: Path | None, pipeline_config: Path | None,
@@ -192,11 +240,49 @@ def _checkpoint_setup(model_dir: Path | None, checkpoint: Path | None, pipeline_
     label_map = label_map or default_label_map
     out = out or (model_dir / "eval" if model_dir is not None else Path(prefix).parent / "eval")
 
-    def make_predictor():
+    # The model's classes: the label map it was trained with (pipeline.config's train input).
+    trained_with = Path(config.train_input_reader.label_map_path) if config.train_input_reader.label_map_path else None
+
+    def make_predictor(model_info: dict):
         try:
-            return checkpoint_predictor(pipeline_config, prefix, config)
+            predictor = checkpoint_predictor(pipeline_config, prefix, config)
         except ValueError as error:  # model_builder's complaints about the config
             raise click.ClickException(f"cannot build the model of {pipeline_config}: {error}") from error
+        classes = None
+        if trained_with is not None and trained_with.is_file():
+            classes = (_read_label_map(trained_with), f"{trained_with}, the training label map of {pipeline_config}")
+        return predictor, classes, model_info
 
     model_info = {"kind": "checkpoint", "checkpoint": prefix, "pipeline_config": str(pipeline_config)}
-    return make_predictor, model_info, pattern, label_map, out
+    return make_predictor, model_info, pattern, label_map, out, label_map
+
+
+def _served_setup(server: str, name: str, version: int | None, version_label: str | None, batch_size: int,
+                  encoding: str, timeout: float, data: Path | None, split: str | None, label_map: Path | None,
+                  out: Path | None):
+    if data is None:
+        raise click.UsageError("--server needs --data (a directory with <split>-*.tfrecord and label_map.pbtxt)")
+    if out is None:
+        raise click.UsageError("--server needs --out (where metrics.json and the PNGs go)")
+    pattern, label_map = _data_and_label_map(data, split, label_map)
+
+    def make_predictor(model_info: dict):
+        from detserve.client import Detector
+        from detserve.client.errors import DetserveClientError
+
+        from .predictors import served_predictor
+
+        try:
+            detector = Detector(server, name, version, version_label, encoding=encoding, timeout=timeout,
+                                max_batch_size=batch_size)
+            meta = detector.metadata(class_names=True)
+        except ValueError as error:  # a malformed --server
+            raise click.BadParameter(str(error), param_hint="--server") from None
+        except DetserveClientError as error:
+            raise click.ClickException(f"{type(error).__name__}: {error}") from None
+        info = {**model_info, "model": meta.model, "version": meta.version}
+        classes = (meta.class_names, f"model {meta.model!r} version {meta.version} at {detector.server}") \
+            if meta.class_names else None
+        return served_predictor(detector, batch_size), classes, info
+
+    return make_predictor, {"kind": "served", "server": server}, pattern, label_map, out, label_map

@@ -12,7 +12,7 @@ import numpy as np
 from ..options import TrainingOptions
 from .coco_metrics import CocoEvaluator, CocoResult
 from .plots import GridSample, plot_detection_grid, plot_pr_curve, safe_filename
-from .predictors import Predictor
+from .predictors import Batched, Predictor, batched
 from .report import METRICS_FILENAME, metrics_document, write_metrics_json
 
 GRID_FILENAME = "detections_grid.png"
@@ -48,7 +48,7 @@ def unbatch_detections(outputs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarr
 
 
 def evaluate(
-    predictor: Predictor,
+    predictor: Predictor | Batched,
     data: Path | str,
     label_map: Mapping[int, str],
     out_dir: Path | str,
@@ -63,6 +63,8 @@ def evaluate(
 ) -> dict[str, float | None]:
     """Run ``predictor`` on every example of ``data`` and score it with COCO metrics.
 
+    ``predictor``: a one-image predictor, or a :class:`Batched` one (e.g. a served model), given its
+    ``batch_size`` examples at a time.
     ``data`` is a directory (its ``<split>-?????-of-?????.tfrecord`` shards are read) or a glob.
     Writes into ``out_dir``: ``metrics.json`` (with ``model_info`` as the model's identity), one
     ``pr_curve_<class>.png`` per class and ``detections_grid.png`` with the first ``grid_images``
@@ -80,18 +82,30 @@ def evaluate(
     examples = read_examples(pattern)  # raises FileNotFoundError naming the pattern
     if max_images is not None:
         examples = itertools.islice(examples, max_images)
-    for example in tqdm(examples, desc="evaluate", unit="img", disable=not progress):
-        boxes, scores, classes = unbatch_detections(predictor(example.image[np.newaxis]))
-        height, width = example.image.shape[:2]
-        evaluator.add_image(height, width, example.boxes, example.class_ids, boxes, scores, classes,
-                            gt_difficult=example.difficult)
-        if len(samples) < grid_images:
-            samples.append(GridSample(example.filename, example.image, example.boxes, example.class_ids,
-                                      boxes, scores, classes))
+    predictor = batched(predictor)
+    with tqdm(desc="evaluate", unit="img", disable=not progress) as bar:
+        for chunk in _chunks(examples, predictor.batch_size):
+            outputs = predictor.predict([example.image for example in chunk])
+            for example, output in zip(chunk, outputs, strict=True):
+                boxes, scores, classes = unbatch_detections(output)
+                height, width = example.image.shape[:2]
+                evaluator.add_image(height, width, example.boxes, example.class_ids, boxes, scores, classes,
+                                    gt_difficult=example.difficult)
+                if len(samples) < grid_images:
+                    samples.append(GridSample(example.filename, example.image, example.boxes, example.class_ids,
+                                              boxes, scores, classes))
+            bar.update(len(chunk))
     result = evaluator.compute()
     write_outputs(result, out_dir, samples, label_map, score_threshold,
                   model_info=model_info, data=pattern)
     return result.metrics
+
+
+def _chunks(items, size: int):
+    """Lists of up to ``size`` consecutive items (the last may be shorter)."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def write_outputs(

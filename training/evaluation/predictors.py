@@ -8,6 +8,9 @@ layout of TFOD2's exported ``serving_default`` signature:
 - ``detection_classes`` float or int [1, N], label-map ids (1-based)
 - ``num_detections``    float or int [1]
 
+``served_predictor`` asks a served model (TF Serving or ``detserve serve``) through the client, a batch per
+request: a :class:`Batched` predictor, which takes a list of images.
+
 ``checkpoint_predictor`` runs a TFOD2 training checkpoint exactly the way TFOD2's exporter wraps the
 model (object_detection/exporter_lib_v2.py, DetectionFromImageModule), so an exported SavedModel
 and its checkpoint give the same detections. ``saved_model_predictor`` uses plain TensorFlow and
@@ -18,7 +21,8 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +41,46 @@ from ..checkpoints import resolve_checkpoint
 if TYPE_CHECKING:
     from object_detection.protos.pipeline_pb2 import TrainEvalPipelineConfig
 
+    from detserve.client import Detector
+
 Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Batched:
+    """A predictor of several images at once: ``predict([HxWx3 uint8, ...])`` -> one output dict per image (in the
+    layout above, each with a batch dimension of one); evaluation hands it up to ``batch_size`` images."""
+
+    predict: Callable[[Sequence[np.ndarray]], list[dict[str, np.ndarray]]]
+    batch_size: int
+
+
+def batched(predictor: Predictor | Batched) -> Batched:
+    """``predictor`` as a :class:`Batched` one (a one-image predictor gets one image at a time)."""
+    if isinstance(predictor, Batched):
+        return predictor
+    return Batched(lambda images: [predictor(image[np.newaxis]) for image in images], batch_size=1)
+
+
+def served_predictor(detector: Detector, batch_size: int = 8) -> Batched:
+    """A served model's detections through ``detector`` (every detection: no score threshold), ``batch_size``
+    images per Predict request, as the contract's arrays so that evaluation reads them like any model's."""
+
+    def predict(images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        answers = detector.detect_batch(list(images), score_threshold=0.0)
+        return [_contract_arrays(detections) for detections in answers]
+
+    return Batched(predict, batch_size)
+
+
+def _contract_arrays(detections) -> dict[str, np.ndarray]:
+    """The client's Detection objects back into serving_default's layout: normalised (ymin, xmin, ymax, xmax)."""
+    boxes = np.array([[d.box_normalized.ymin, d.box_normalized.xmin, d.box_normalized.ymax, d.box_normalized.xmax]
+                      for d in detections], dtype=np.float64).reshape(1, -1, 4)
+    return {"detection_boxes": boxes,
+            "detection_scores": np.array([[d.score for d in detections]], dtype=np.float64).reshape(1, -1),
+            "detection_classes": np.array([[d.class_id for d in detections]], dtype=np.int64).reshape(1, -1),
+            "num_detections": np.array([len(detections)])}
 
 
 def _check_image(images: np.ndarray) -> np.ndarray:
