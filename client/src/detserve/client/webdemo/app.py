@@ -83,7 +83,9 @@ def build_app(detector: Detector, examples: Sequence[str | Path] = (), default_t
                 if examples:
                     gr.Examples([[str(path)] for path in examples], inputs=[image], label="Examples")
             with gr.Column():
-                annotated = gr.Image(label="Detections", type="pil", interactive=False, format="png",
+                # JPEG: Pillow encodes a 2-megapixel photo in milliseconds, PNG takes ~0.4 s (measured, docs/demo.md),
+                # and every slider move sends the image again.
+                annotated = gr.Image(label="Detections", type="pil", interactive=False, format="jpeg",
                                      elem_id="annotated-image")
                 count = gr.Markdown(logic.count_text(0, default_threshold), elem_id=COUNT_ID)
                 status = gr.Markdown("", elem_id=STATUS_ID)
