@@ -296,7 +296,7 @@ def detect(sources, server, model, model_version, version_label, timeout, ca_cer
                         else:
                             out.mkdir(parents=True, exist_ok=True)
                             annotated = str(out / _output_name(item.source.stem, used))
-                            drawn.save(annotated)
+                            drawn.save(annotated, compress_level=1)  # level 6: 67 vs 23 ms per 640x360 photo
                     record = Record(item.source.name, index,
                                     item.image.width, item.image.height, detections, item.frame, item.timestamp,
                                     annotated)
