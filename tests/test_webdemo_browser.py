@@ -60,6 +60,8 @@ def browser():
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,1100"):
         options.add_argument(flag)
+    # Chrome's performance log lists every request the page makes (to check that none leaves the machine).
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
         yield driver
@@ -75,6 +77,13 @@ def _count(driver) -> tuple[int, float] | None:
     text = driver.find_element(By.ID, "detection-count").text
     match = re.search(r"(\d+) detections? ≥ ([\d.]+)", text)
     return (int(match[1]), float(match[2])) if match else None
+
+
+def _requested_urls(driver) -> list[str]:
+    import json
+
+    events = (json.loads(entry["message"])["message"] for entry in driver.get_log("performance"))
+    return [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
 
 
 def test_upload_see_boxes_move_the_slider(page, browser, example_image):
@@ -102,6 +111,13 @@ def test_upload_see_boxes_move_the_slider(page, browser, example_image):
     wait.until(lambda d: (_count(d) or (0, 0.0))[1] == 0.3)
     fewer, _ = _count(browser)
     assert 0 < fewer < boxes, (fewer, boxes)
+
+    # Offline: no font, analytics or CDN request over the network, only the page's own server (chrome://, data:
+    # and blob: URLs are the browser's own).
+    urls = [url for url in _requested_urls(browser) if url.split(":", 1)[0] in ("http", "https", "ws", "wss")]
+    assert any(url.startswith(page) for url in urls), urls[:5]
+    foreign = [url for url in urls if not url.startswith(page)]
+    assert not foreign, foreign
 
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SCREENSHOT))

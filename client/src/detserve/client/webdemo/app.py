@@ -20,7 +20,8 @@ __all__ = ["build_app", "theme", "launch", "require_gradio", "COUNT_ID", "STATUS
 # Stable element ids: the browser test (and anyone scripting the page) reads these.
 COUNT_ID = "detection-count"
 STATUS_ID = "detection-status"
-# System fonts only: Gradio's default theme fetches Google Fonts, which an air-gapped cluster cannot reach.
+# System fonts only: a theme font given as a GoogleFont is fetched from fonts.googleapis.com, which an air-gapped
+# cluster cannot reach; system fonts keep a theme change or a Gradio upgrade from bringing such a fetch back.
 SYSTEM_FONTS = ("ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial",
                 "sans-serif")
 MONO_FONTS = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace")
