@@ -177,6 +177,11 @@ def _expected_count(sources, max_frames: int | None, vid_stride: int) -> int | N
         if not source.is_stream:
             total += 1
             continue
+        if source.kind == "camera" or "://" in source.target:  # opening a device or stream twice is slow
+            if max_frames is None:
+                return None
+            total += max_frames
+            continue
         try:
             reader = open_video(source, max_frames=max_frames, vid_stride=vid_stride)
         except InvalidInput:
