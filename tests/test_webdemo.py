@@ -154,3 +154,21 @@ def test_demo_dockerfile_passes_hadolint():
     cmd = [hadolint, *(["--config", str(config)] if config.exists() else []), str(ROOT / "demo" / "Dockerfile")]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_space_app_calls_the_server_its_variables_name(server, photo, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("DETSERVE_SERVER", server.grpc_url)
+    monkeypatch.setenv("DETSERVE_MODEL", "detector")
+    monkeypatch.setenv("DETSERVE_HEADERS", "x-demo: space\n")
+    spec = importlib.util.spec_from_file_location("space_app", ROOT / "demo" / "space" / "app.py")
+    space = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(space)  # builds the page, does not launch it (that is the __main__ block)
+    try:
+        assert space.HEADERS == {"x-demo": "space"} and space.examples == []
+        state, _, rows, count, status = _page_detect(space.demo)(photo, 0.2)
+    finally:
+        space.detector.close()
+    assert state[1].version == VERSION and server.grpc_target in status
+    assert count == logic.count_text(len(rows), 0.2) and rows
