@@ -56,7 +56,10 @@ def test_every_python_folder_is_a_listed_package() -> None:
 
 
 def test_cli_entry_points_resolve() -> None:
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["detserve.commands"]
+    # Both distributions add commands: the kit (training, export, serving) and the client (the web demo).
+    config = {name: target for project in ("pyproject.toml", "client/pyproject.toml")
+              for name, target in tomllib.loads((REPO / project).read_text())["project"]["entry-points"]
+              ["detserve.commands"].items()}
     installed = {ep.name: ep.value for ep in metadata.entry_points(group="detserve.commands")}
     # A stale editable install would still point at old targets: `make setup` reinstalls on change.
     assert installed == config

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ class GroundTruthExample:
     class_ids: np.ndarray  # int64 [N]
     class_names: list[str]
     difficult: np.ndarray  # bool [N]
+    encoded: bytes = field(default=b"", repr=False)  # image/encoded as stored: what a client would send
 
 
 def shard_paths(out_dir: Path | str, split: str, num_shards: int) -> list[Path]:
@@ -113,7 +114,8 @@ def _decode(serialized: bytes) -> GroundTruthExample:
     def floats(key: str) -> list[float]:
         return list(f[key].float_list.value)
 
-    image = Image.open(io.BytesIO(f["image/encoded"].bytes_list.value[0])).convert("RGB")
+    encoded = f["image/encoded"].bytes_list.value[0]
+    image = Image.open(io.BytesIO(encoded)).convert("RGB")
     boxes = np.stack(
         [floats("image/object/bbox/ymin"), floats("image/object/bbox/xmin"),
          floats("image/object/bbox/ymax"), floats("image/object/bbox/xmax")],
@@ -126,6 +128,7 @@ def _decode(serialized: bytes) -> GroundTruthExample:
         class_ids=np.asarray(f["image/object/class/label"].int64_list.value, dtype=np.int64),
         class_names=[t.decode() for t in f["image/object/class/text"].bytes_list.value],
         difficult=np.asarray(f["image/object/difficult"].int64_list.value, dtype=bool).reshape(-1),
+        encoded=encoded,
     )
 
 

@@ -64,9 +64,11 @@ def _read_label_map(path: Path) -> dict[int, str]:
 @click.option("--version-label", default=None, help="With --server: a version label (e.g. stable, canary).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="With --server: images per Predict request.")
-@click.option("--encoding", type=click.Choice(["raw", "png", "jpeg"]), default="raw", show_default=True,
-              help="With --server: how images travel. raw (uint8 pixels, resized as in the graph) and png are "
-                   "lossless; jpeg re-encodes the decoded test images and scores a little differently.")
+@click.option("--encoding", type=click.Choice(["raw", "png", "jpeg", "stored"]), default="raw", show_default=True,
+              help="With --server: how images travel. raw: uint8 pixels the client resizes as the graph does "
+                   "(the in-process metrics, within rounding); png / jpeg: those pixels encoded; stored: the "
+                   "TFRecords' JPEG/PNG bytes as they are, decoded by the server (TensorFlow's fast IDCT, not "
+                   "Pillow's: a few levels apart).")
 @click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
               help="With --server: deadline per request, retries included, seconds.")
 @click.option("--data", type=click.Path(path_type=Path),
@@ -273,8 +275,9 @@ def _served_setup(server: str, name: str, version: int | None, version_label: st
         from .predictors import served_predictor
 
         try:
-            detector = Detector(server, name, version, version_label, encoding=encoding, timeout=timeout,
-                                max_batch_size=batch_size)
+            # Stored bytes go to the encoded-image signature as they are (the client passes JPEG/PNG through).
+            detector = Detector(server, name, version, version_label, timeout=timeout, max_batch_size=batch_size,
+                                encoding="jpeg" if encoding == "stored" else encoding)
             meta = detector.metadata(class_names=True)
         except ValueError as error:  # a malformed --server
             raise click.BadParameter(str(error), param_hint="--server") from None
@@ -283,6 +286,7 @@ def _served_setup(server: str, name: str, version: int | None, version_label: st
         info = {**model_info, "model": meta.model, "version": meta.version}
         classes = (meta.class_names, f"model {meta.model!r} version {meta.version} at {detector.server}") \
             if meta.class_names else None
-        return served_predictor(detector, batch_size), classes, info
+        info["encoding"] = encoding
+        return served_predictor(detector, batch_size, encoded=encoding == "stored"), classes, info
 
     return make_predictor, {"kind": "served", "server": server}, pattern, label_map, out, label_map

@@ -85,7 +85,7 @@ def evaluate(
     predictor = batched(predictor)
     with tqdm(desc="evaluate", unit="img", disable=not progress) as bar:
         for chunk in _chunks(examples, predictor.batch_size):
-            outputs = predictor.predict([example.image for example in chunk])
+            outputs = predictor.predict([example.encoded if predictor.encoded else example.image for example in chunk])
             for example, output in zip(chunk, outputs, strict=True):
                 boxes, scores, classes = unbatch_detections(output)
                 height, width = example.image.shape[:2]

@@ -48,11 +48,13 @@ Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 @dataclass(frozen=True)
 class Batched:
-    """A predictor of several images at once: ``predict([HxWx3 uint8, ...])`` -> one output dict per image (in the
-    layout above, each with a batch dimension of one); evaluation hands it up to ``batch_size`` images."""
+    """A predictor of several images at once: ``predict([image, ...])`` -> one output dict per image (in the
+    layout above, each with a batch dimension of one); evaluation hands it up to ``batch_size`` images, as
+    HxWx3 uint8 pixels or, with ``encoded=True``, as the JPEG/PNG bytes the data stores."""
 
-    predict: Callable[[Sequence[np.ndarray]], list[dict[str, np.ndarray]]]
+    predict: Callable[[Sequence[np.ndarray | bytes]], list[dict[str, np.ndarray]]]
     batch_size: int
+    encoded: bool = False
 
 
 def batched(predictor: Predictor | Batched) -> Batched:
@@ -62,15 +64,19 @@ def batched(predictor: Predictor | Batched) -> Batched:
     return Batched(lambda images: [predictor(image[np.newaxis]) for image in images], batch_size=1)
 
 
-def served_predictor(detector: Detector, batch_size: int = 8) -> Batched:
+def served_predictor(detector: Detector, batch_size: int = 8, encoded: bool = False) -> Batched:
     """A served model's detections through ``detector`` (every detection: no score threshold), ``batch_size``
-    images per Predict request, as the contract's arrays so that evaluation reads them like any model's."""
+    images per Predict request, as the contract's arrays so that evaluation reads them like any model's.
 
-    def predict(images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    ``encoded``: send the data's stored JPEG/PNG bytes as they are (the client's passthrough), so the server
+    decodes and resizes the very image an in-process evaluation sees; else decoded pixels, which the client
+    resizes and rounds to uint8 (raw) or re-encodes (png, jpeg)."""
+
+    def predict(images: Sequence[np.ndarray | bytes]) -> list[dict[str, np.ndarray]]:
         answers = detector.detect_batch(list(images), score_threshold=0.0)
         return [_contract_arrays(detections) for detections in answers]
 
-    return Batched(predict, batch_size)
+    return Batched(predict, batch_size, encoded)
 
 
 def _contract_arrays(detections) -> dict[str, np.ndarray]:
