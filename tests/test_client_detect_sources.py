@@ -198,3 +198,17 @@ def test_table_and_coco_results_that_pycocotools_reads(server, folder, tmp_path)
     evaluation.accumulate()
     evaluation.summarize()
     assert evaluation.stats[0] == pytest.approx(1.0)  # the boxes are the ground truth
+
+
+@pytest.mark.parametrize("encoding", ["raw", "jpeg"])  # decoded by the client / by the server's graph
+def test_a_truncated_jpeg_in_a_batch_skips_only_itself(server, tmp_path, encoding):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    grey(51).save(tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])  # its header still reads
+    grey(102).save(tmp_path / "c.png")
+    result = run(server, tmp_path, "--format", "jsonl", "--batch-size", "3", "--encoding", encoding)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(tmp_path / "a.png"),
+                                                                                 str(tmp_path / "c.png")]
+    assert str(tmp_path / "b.jpg") in result.stderr and "1 input skipped, 2 done" in result.stderr
