@@ -113,6 +113,11 @@ demo: setup ## The whole job on the embedded default: synthetic data -> train ->
 	$(MAKE) evaluate
 	$(MAKE) export
 	$(MAKE) serve-check
+	@echo
+	@echo "make demo: done. $(REPOSITORY)/$(MODEL_NAME) holds the version just exported and verified. To see it answer in a browser:"
+	@echo "  make serve        # terminal 1: the embedded server (gRPC :8500, REST :8501)"
+	@echo "  make web-demo DEMO_EXAMPLES='$$(ls $(IMAGES)/*.jpg 2>/dev/null | head -3 | xargs)'"
+	@echo "                    # terminal 2: then open http://127.0.0.1:7860 (upload a photo or click an example)"
 
 export: setup ## Export the latest checkpoint in $(MODEL_DIR) as a new version of $(REPOSITORY)/$(MODEL_NAME)
 	$(DETSERVE) export --model-dir $(MODEL_DIR) --repository $(REPOSITORY) --name $(MODEL_NAME)
