@@ -218,6 +218,19 @@ def test_cli_refuses_a_saved_model_whose_classes_are_not_the_data_s(saved_model_
     assert not (tmp_path / "eval").exists()
 
 
+def test_cli_server_down_is_one_line(data_dir, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = CliRunner().invoke(evaluate_command, ["--server", f"grpc://127.0.0.1:{port}", "--data", str(data_dir),
+                                                   "--out", str(tmp_path / "eval"), "--timeout", "1"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ServerUnavailable: ") and "Traceback" not in result.output
+    assert not (tmp_path / "eval").exists()
+
+
 def test_label_map_mismatch_names_missing_and_extra_ids():
     from detserve.training.data.label_map import label_map_mismatch
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -129,19 +130,24 @@ def evaluate(
     labels = _read_label_map(label_map_path)
     truth = labels if truth_path == label_map_path else _read_label_map(truth_path)
     _require_records(pattern)
-    predictor, model_classes, model_info = make_predictor(model_info)
-    _check_classes(model_classes, model_info, truth, truth_path)
+
+    from detserve.client.errors import DetserveClientError
 
     from .report import METRICS_FILENAME, format_table, read_metrics_json
 
-    try:
-        metrics = run_evaluation(
-            predictor, pattern, labels, out, max_images=max_images, grid_images=grid_images,
-            score_threshold=score_threshold, ignore_difficult=ignore_difficult,
-            model_info={**model_info, "label_map": str(label_map_path)},
-        )
-    except (FileNotFoundError, ValueError) as error:  # e.g. a checkpoint that does not fit the pipeline config
-        raise click.ClickException(str(error)) from error
+    with ExitStack() as resources:  # a served model's channel is closed however the evaluation ends
+        predictor, model_classes, model_info = make_predictor(model_info, resources)
+        _check_classes(model_classes, model_info, truth, truth_path)
+        try:
+            metrics = run_evaluation(
+                predictor, pattern, labels, out, max_images=max_images, grid_images=grid_images,
+                score_threshold=score_threshold, ignore_difficult=ignore_difficult,
+                model_info={**model_info, "label_map": str(label_map_path)},
+            )
+        except (FileNotFoundError, ValueError) as error:  # e.g. a checkpoint that does not fit the pipeline config
+            raise click.ClickException(str(error)) from error
+        except DetserveClientError as error:  # the server went away or refused a batch mid-run
+            raise click.ClickException(f"{type(error).__name__}: {error}") from None
     document = read_metrics_json(out / METRICS_FILENAME)
     click.echo(format_table(metrics, title=f"COCO detection metrics on {document['num_images']} images ({pattern})"))
     click.echo(f"wrote {out / METRICS_FILENAME} and PNGs in {out}")
@@ -189,7 +195,7 @@ def _saved_model_setup(saved_model: Path, data: Path | None, split: str | None, 
         # An exported model carries its label map (checked against the data's); fall back to the data's.
         label_map = bundled if bundled.is_file() else data_label_map
 
-    def make_predictor(model_info: dict):
+    def make_predictor(model_info: dict, resources: ExitStack):
         from .predictors import saved_model_predictor
 
         try:
@@ -245,7 +251,7 @@ def _checkpoint_setup(model_dir: Path | None, checkpoint: Path | None, pipeline_
     # The model's classes: the label map it was trained with (pipeline.config's train input).
     trained_with = Path(config.train_input_reader.label_map_path) if config.train_input_reader.label_map_path else None
 
-    def make_predictor(model_info: dict):
+    def make_predictor(model_info: dict, resources: ExitStack):
         try:
             predictor = checkpoint_predictor(pipeline_config, prefix, config)
         except ValueError as error:  # model_builder's complaints about the config
@@ -268,7 +274,7 @@ def _served_setup(server: str, name: str, version: int | None, version_label: st
         raise click.UsageError("--server needs --out (where metrics.json and the PNGs go)")
     pattern, label_map = _data_and_label_map(data, split, label_map)
 
-    def make_predictor(model_info: dict):
+    def make_predictor(model_info: dict, resources: ExitStack):
         from detserve.client import Detector
         from detserve.client.errors import DetserveClientError
 
@@ -276,8 +282,9 @@ def _served_setup(server: str, name: str, version: int | None, version_label: st
 
         try:
             # Stored bytes go to the encoded-image signature as they are (the client passes JPEG/PNG through).
-            detector = Detector(server, name, version, version_label, timeout=timeout, max_batch_size=batch_size,
-                                encoding="jpeg" if encoding == "stored" else encoding)
+            detector = resources.enter_context(Detector(
+                server, name, version, version_label, timeout=timeout, max_batch_size=batch_size,
+                encoding="jpeg" if encoding == "stored" else encoding))
             meta = detector.metadata(class_names=True)
         except ValueError as error:  # a malformed --server
             raise click.BadParameter(str(error), param_hint="--server") from None
