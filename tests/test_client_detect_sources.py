@@ -212,3 +212,84 @@ def test_a_truncated_jpeg_in_a_batch_skips_only_itself(server, tmp_path, encodin
     assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(tmp_path / "a.png"),
                                                                                  str(tmp_path / "c.png")]
     assert str(tmp_path / "b.jpg") in result.stderr and "1 input skipped, 2 done" in result.stderr
+
+
+def test_a_symlink_loop_under_a_double_star_glob_yields_each_image_once(server, tmp_path):
+    (tmp_path / "sub").mkdir()
+    grey(51).save(tmp_path / "a.png")
+    grey(102).save(tmp_path / "sub" / "b.png")
+    (tmp_path / "sub" / "loop").symlink_to("..", target_is_directory=True)
+    result = run(server, str(tmp_path / "**" / "*.png"), "--format", "jsonl", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(tmp_path / "a.png"),
+                                                                                 str(tmp_path / "sub" / "b.png")]
+
+
+def test_folders_and_globs_pick_up_only_image_and_video_extensions(server, tmp_path):
+    grey(51).save(tmp_path / "a.png")
+    grey(102).save(tmp_path / "b.tiff")
+    for name in ("data.h5", "chart.eps", "weather.grib"):  # Pillow has plugins for these; they are not photos
+        (tmp_path / name).write_bytes(b"not an image")
+    folder = run(server, tmp_path, "--format", "jsonl", "--quiet")
+    assert folder.exit_code == 0, folder.output
+    assert [json.loads(line)["image"] for line in folder.stdout.splitlines()] == [str(tmp_path / "a.png"),
+                                                                                 str(tmp_path / "b.tiff")]
+    assert "skipped" not in folder.stderr
+    glob = run(server, str(tmp_path / "*"), "--format", "jsonl", "--quiet")
+    assert glob.exit_code == 0 and glob.stdout == folder.stdout and "skipped" not in glob.stderr, glob.output
+    from detserve.client.sources import IMAGE_EXTENSIONS
+    from detserve.client.webdemo.command import example_images
+
+    assert example_images((str(tmp_path),)) == [tmp_path / "a.png", tmp_path / "b.tiff"]
+    assert ".h5" not in IMAGE_EXTENSIONS
+
+
+def test_without_opencv_a_video_is_skipped_by_name_and_the_images_go_through(server, folder, video, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_cv2(name, *args, **kwargs):
+        if name == "cv2":
+            raise ImportError("No module named 'cv2'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_cv2)
+    result = run(server, folder / "a.png", video, folder / "sub" / "b.jpg", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(folder / "a.png"),
+                                                                                 str(folder / "sub" / "b.jpg")]
+    assert f"skipped: {video}: videos and cameras need OpenCV: pip install 'detserve-client[video]'" in result.stderr
+    assert "1 input skipped, 2 done" in result.stderr
+    strict = run(server, folder / "a.png", video, "--strict", "--quiet")
+    assert strict.exit_code == 4 and "detserve-client[video]" in strict.stderr, strict.output
+
+
+def test_the_same_video_twice_writes_two_annotated_files(server, video, tmp_path):
+    result = run(server, video, video, "--format", "jsonl", "--max-frames", "3", "--out", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    annotated = [json.loads(line)["annotated"] for line in result.stdout.splitlines()]
+    assert annotated == [str(tmp_path / "clip.mp4")] * 3 + [str(tmp_path / "clip-2.mp4")] * 3
+    assert (frame_count(tmp_path / "clip.mp4"), frame_count(tmp_path / "clip-2.mp4")) == (3, 3)
+
+
+def test_an_image_the_server_read_but_pillow_cannot_is_skipped_under_out(server, folder, tmp_path, monkeypatch):
+    from detserve.client import images
+    from detserve.client.errors import InvalidInput
+
+    real_decode = images._decode
+
+    def decode(data, source):  # as if Pillow lacked a decoder the server's graph has (jpeg: bytes go as they are)
+        if source.endswith("b.jpg"):
+            raise InvalidInput(f"cannot decode image {source}: broken data stream")
+        return real_decode(data, source)
+
+    monkeypatch.setattr(images, "_decode", decode)
+    result = run(server, folder / "sub" / "b.jpg", folder / "a.png", "--encoding", "jpeg", "--format", "jsonl",
+                 "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(folder / "a.png")]
+    assert f"skipped: cannot decode image {folder / 'sub' / 'b.jpg'}" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    strict = run(server, folder / "sub" / "b.jpg", "--encoding", "jpeg", "--out", tmp_path, "--strict")
+    assert strict.exit_code == 4 and "b.jpg" in strict.stderr, strict.output

@@ -44,7 +44,9 @@ def main() -> None:
 
 # ------------------------------------------------------------------------------------------------------------
 # Client commands. Exit codes: 0 success, 2 usage, 3 model/version/signature not found, 4 invalid input,
-# 5 server unavailable, 6 deadline exceeded, 1 any other failure. Errors are one line on stderr.
+# 5 server unavailable, 6 deadline exceeded, 130 interrupted (Ctrl-C), 1 any other failure. Errors are one
+# line on stderr. `detect` skips bad inputs by name: 0 if any input went through, 4 if none; with --strict
+# the first bad input fails the run with 4.
 
 EXIT_CODES = {"ModelNotFound": 3, "InvalidInput": 4, "ServerUnavailable": 5, "DeadlineExceeded": 6}
 
@@ -138,14 +140,17 @@ class _Inputs:
 
 def _items(sources, inputs: _Inputs, counter: itertools.count, **read_args):
     """Every image and frame of ``sources`` in order, each with its 1-based index; bad sources skipped."""
+    from dataclasses import replace
+
     from .errors import InvalidInput
     from .sources import read
+    from .video import VideoUnavailable
 
-    for source in sources:
+    for position, source in enumerate(sources):
         try:
             for item in read(source, **read_args):
-                yield next(counter), item
-        except InvalidInput as error:
+                yield next(counter), replace(item, position=position)
+        except (InvalidInput, VideoUnavailable) as error:  # no OpenCV: skip the videos, not the whole run
             next(counter)  # a skipped image keeps its index: ids stay the input order
             inputs.bad(source.name, error)
 
@@ -171,6 +176,7 @@ def _expected_count(sources, max_frames: int | None, vid_stride: int) -> int | N
     """Images + frames the run will read (for the progress bar's total), None if a source cannot say."""
     from .errors import InvalidInput
     from .sources import open_video
+    from .video import VideoUnavailable
 
     total = 0
     for source in sources:
@@ -184,7 +190,7 @@ def _expected_count(sources, max_frames: int | None, vid_stride: int) -> int | N
             continue
         try:
             reader = open_video(source, max_frames=max_frames, vid_stride=vid_stride)
-        except InvalidInput:
+        except (InvalidInput, VideoUnavailable):
             continue  # reported when it is read
         count = reader.expected_frames
         reader.close()
@@ -226,7 +232,8 @@ def detect(sources, server, model, model_version, version_label, timeout, ca_cer
     SOURCES: image files, folders (recursive), globs ('photos/**/*.jpg', quoted), - (one image on stdin),
     http(s) URLs, video files (.mp4 .avi .mov .mkv .webm ...), rtsp:// streams, or a camera index (0).
     Bad inputs are reported on stderr and skipped (exit 0 if any input went through, 4 if none); --strict
-    fails on the first. Annotated images/videos go to --out.
+    fails on the first (exit 4). Ctrl-C stops a run and keeps what was detected (exit 130). Annotated
+    images/videos go to --out.
     """
     import numpy as np
     from tqdm import tqdm
@@ -266,7 +273,7 @@ def detect(sources, server, model, model_version, version_label, timeout, ca_cer
                          encoding=encoding, max_batch_size=batch_size)
     out = Path(out_dir) if out_dir else None
     used: set[str] = set()
-    videos: dict = {}  # Source -> VideoSink of its annotated frames
+    videos: dict = {}  # the source's position in the run -> VideoSink of its annotated frames
     streams = any(source.is_stream for source in resolved)
     # A progress bar for folders, globs, videos and cameras; not for images named one by one.
     show_bar = not quiet and (streams or (collections and len(resolved) > 1))
@@ -288,14 +295,18 @@ def detect(sources, server, model, model_version, version_label, timeout, ca_cer
                     if out is not None:
                         from .draw import annotate
 
-                        drawn = annotate(item.image.pixels, detections)
+                        try:  # pixels decode lazily: an image the server read may still fail in Pillow
+                            drawn = annotate(item.image.pixels, detections)
+                        except InvalidInput as error:
+                            inputs.bad(item.image.source, error)
+                            continue
                         if item.source.is_stream:
-                            for done in [s for s in videos if s != item.source]:  # sources come one after another
+                            for done in [p for p in videos if p != item.position]:  # sources come one by one
                                 videos.pop(done).close()
-                            if item.source not in videos:
-                                videos[item.source] = VideoSink(out / _output_name(item.source.stem, used, ".mp4"),
-                                                                item.fps or 25.0)
-                            sink = videos[item.source]
+                            if item.position not in videos:
+                                videos[item.position] = VideoSink(
+                                    out / _output_name(item.source.stem, used, ".mp4"), item.fps or 25.0)
+                            sink = videos[item.position]
                             sink.write(np.asarray(drawn))
                             annotated = str(sink.path)
                         else:

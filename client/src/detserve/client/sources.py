@@ -20,7 +20,11 @@ from .errors import InvalidInput
 from .images import LoadedImage, load_image
 from .video import VideoReader, is_video
 
-__all__ = ["Source", "Item", "resolve", "read", "image_extensions", "MAX_DOWNLOAD_BYTES"]
+__all__ = ["Source", "Item", "resolve", "read", "IMAGE_EXTENSIONS", "MAX_DOWNLOAD_BYTES"]
+
+#: What folders and globs pick up as images. Curated, not Pillow's every plugin (.h5, .grib, .eps, ...
+#: are data or vector files users keep next to their photos); a file named on its own is read whatever it is.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024  # an image URL larger than this is refused (the server's cap is 64 MiB too)
 STREAM_SCHEMES = ("rtsp", "rtmp")  # network streams, read by OpenCV
@@ -57,23 +61,19 @@ class Item:
     frame: int | None = None  # frame index (videos and cameras)
     timestamp: float | None = None  # seconds into the video (cameras: since opening)
     fps: float | None = None  # the rate annotated frames are written at
-
-
-def image_extensions() -> frozenset[str]:
-    """Extensions Pillow can open (its registered plugins)."""
-    from PIL import Image
-
-    Image.init()
-    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+    position: int = 0  # the source's place in the run: the same video given twice is two outputs
 
 
 def _from_path(path: str) -> Source:
     return Source("video" if is_video(path) else "image", path, path)
 
 
+def _wanted(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS or is_video(name)
+
+
 def _walk(folder: Path) -> list[Source]:
     # Recursive and sorted (os.walk order differs across file systems); hidden entries skipped like most tools.
-    wanted = image_extensions()
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -81,7 +81,7 @@ def _walk(folder: Path) -> list[Source]:
             if name.startswith("."):
                 continue
             path = os.path.join(root, name)
-            if Path(name).suffix.lower() in wanted or is_video(name):
+            if _wanted(name):
                 found.append(path)
     return [_from_path(path) for path in sorted(found)]
 
@@ -108,8 +108,13 @@ def resolve(argument: str) -> list[Source]:
         matches = sorted(glob.glob(argument, recursive=True))
         if not matches:
             raise InvalidInput(f"no files match {argument!r}")
-        return [source for match in matches for source in (_walk(Path(match)) if os.path.isdir(match)
-                                                          else [_from_path(match)])]
+        found = [source for match in matches for source in (_walk(Path(match)) if os.path.isdir(match)
+                                                           else [_from_path(match)] if _wanted(match) else [])]
+        # `**` follows symlinked folders, so a link to a parent yields each file once per loop level: keep the
+        # first (sorted) path of each real file.
+        seen: set[str] = set()
+        return [source for source in found
+                if not (os.path.realpath(source.target) in seen or seen.add(os.path.realpath(source.target)))]
     if argument.isdigit():
         return [Source("camera", argument, f"camera {argument}")]
     return [_from_path(argument)]  # reading it names the missing file
@@ -158,13 +163,16 @@ def read(source: Source, *, stdin: BinaryIO | None = None, timeout: float | None
     elif source.kind == "url":
         yield Item(source, _named(load_image(_download(source.target, timeout, max_bytes)), source.name))
     else:
-        reader = open_video(source, max_frames=max_frames, vid_stride=vid_stride)
+        reader = open_video(source, max_frames=max_frames, vid_stride=vid_stride, timeout=timeout)
         for frame in reader:
             image = _named(load_image(frame.pixels), f"{source.name} frame {frame.index}")
             # Annotated frames are written at fps / stride, so the output lasts as long as the input.
             yield Item(source, image, frame.index, frame.timestamp, reader.fps / reader.stride)
 
 
-def open_video(source: Source, *, max_frames: int | None = None, vid_stride: int = 1) -> VideoReader:
+def open_video(source: Source, *, max_frames: int | None = None, vid_stride: int = 1,
+               timeout: float | None = None) -> VideoReader:
     target: str | int = int(source.target) if source.kind == "camera" else source.target
-    return VideoReader(target, max_frames=max_frames, stride=vid_stride)
+    # --timeout bounds opening and each read of a URL or stream; local files and cameras need none.
+    network = source.kind == "video" and "://" in source.target
+    return VideoReader(target, max_frames=max_frames, stride=vid_stride, timeout=timeout if network else None)

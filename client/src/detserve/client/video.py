@@ -47,14 +47,25 @@ class Frame:
     pixels: np.ndarray  # HxWx3 uint8 RGB
 
 
+def _open(cv2, target: str | int, timeout: float | None):
+    """``cv2.VideoCapture(target)``; with ``timeout`` (seconds), FFmpeg's open and read timeouts set to it
+    (OpenCV's defaults are 30 s each) where this OpenCV has them (4.6+)."""
+    if timeout is None or isinstance(target, int) or not hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
+        return cv2.VideoCapture(target)
+    ms = max(1, round(timeout * 1000))
+    return cv2.VideoCapture(target, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
+                                                     cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+
+
 class VideoReader:
     """The frames of a video file, URL or camera (an int index), RGB, every ``stride``-th, at most ``max_frames``."""
 
-    def __init__(self, target: str | int, *, max_frames: int | None = None, stride: int = 1):
+    def __init__(self, target: str | int, *, max_frames: int | None = None, stride: int = 1,
+                 timeout: float | None = None):
         cv2 = _cv2()
         self.target, self.max_frames, self.stride = target, max_frames, max(1, stride)
         self.camera = isinstance(target, int)
-        self._capture = cv2.VideoCapture(target)
+        self._capture = _open(cv2, target, timeout)
         if not self._capture.isOpened():
             self._capture.release()
             what = f"camera {target}" if self.camera else f"video {target}"

@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from ..cli import _detector, server_options
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+from ..sources import IMAGE_EXTENSIONS
 
 
 def example_images(paths: tuple[str, ...]) -> list[Path]:
@@ -17,9 +16,9 @@ def example_images(paths: tuple[str, ...]) -> list[Path]:
     for value in paths:
         path = Path(value)
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not images:
-                raise click.BadParameter(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this directory",
+                raise click.BadParameter(f"{path}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this directory",
                                          param_hint="--examples")
             found += images
         elif path.is_file():
