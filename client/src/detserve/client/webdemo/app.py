@@ -79,7 +79,7 @@ def build_app(detector: Detector, examples: Sequence[str | Path] = (), default_t
             with gr.Column():
                 image = gr.Image(label="Image", type="numpy", image_mode="RGB", sources=["upload", "clipboard"],
                                  elem_id="input-image")
-                threshold = gr.Slider(0.0, 1.0, value=default_threshold, step=0.01, label="Score threshold",
+                threshold = gr.Slider(logic.DETECT_THRESHOLD, 1.0, value=default_threshold, step=0.01, label="Score threshold",
                                       elem_id="score-threshold")
                 if examples:
                     gr.Examples([[str(path)] for path in examples], inputs=[image], label="Examples")
