@@ -8,6 +8,7 @@ import click
 
 from ..cli import _detector, server_options
 from ..sources import IMAGE_EXTENSIONS
+from .logic import DETECT_THRESHOLD
 
 
 def example_images(paths: tuple[str, ...]) -> list[Path]:
@@ -34,7 +35,7 @@ def example_images(paths: tuple[str, ...]) -> list[Path]:
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True, help="Port of the page.")
 @click.option("--examples", multiple=True, metavar="DIR|FILE",
               help="Example images to click (files, or directories of images). Repeatable.")
-@click.option("--score-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--score-threshold", type=click.FloatRange(DETECT_THRESHOLD, 1), default=0.5, show_default=True,
               help="The slider's starting value.")
 def demo(server, model, model_version, version_label, timeout, ca_cert, server_name, headers, host, port, examples,
          score_threshold):
