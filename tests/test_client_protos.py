@@ -366,6 +366,10 @@ def test_distribution_declares_no_tensorflow():
     project = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]
     names = [dep.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip().lower()
              for dep in project["dependencies"]]
-    assert set(names) == {"click", "numpy", "pillow", "requests", "grpcio", "protobuf"}
+    assert set(names) == {"click", "numpy", "pillow", "requests", "grpcio", "protobuf", "tqdm"}
     assert project["scripts"]["detserve"] == "detserve.client.cli:main"
     assert not any("tensorflow" in name for name in names)
+    # What only some users need comes as extras, and none of them brings TensorFlow either.
+    extras = {extra: [dep.split(">")[0].strip().lower() for dep in deps]
+              for extra, deps in project["optional-dependencies"].items()}
+    assert extras == {"demo": ["gradio"], "video": ["opencv-python-headless"]}
