@@ -290,10 +290,9 @@ def _served_setup(server: str, name: str, version: int | None, version_label: st
             raise click.BadParameter(str(error), param_hint="--server") from None
         except DetserveClientError as error:
             raise click.ClickException(f"{type(error).__name__}: {error}") from None
-        info = {**model_info, "model": meta.model, "version": meta.version}
+        info = {**model_info, "model": meta.model, "version": meta.version, "encoding": encoding}
         classes = (meta.class_names, f"model {meta.model!r} version {meta.version} at {detector.server}") \
             if meta.class_names else None
-        info["encoding"] = encoding
         return served_predictor(detector, batch_size, encoded=encoding == "stored"), classes, info
 
     return make_predictor, {"kind": "served", "server": server}, pattern, label_map, out, label_map

@@ -68,9 +68,9 @@ def served_predictor(detector: Detector, batch_size: int = 8, encoded: bool = Fa
     """A served model's detections through ``detector`` (every detection: no score threshold), ``batch_size``
     images per Predict request, as the contract's arrays so that evaluation reads them like any model's.
 
-    ``encoded``: send the data's stored JPEG/PNG bytes as they are (the client's passthrough), so the server
-    decodes and resizes the very image an in-process evaluation sees; else decoded pixels, which the client
-    resizes and rounds to uint8 (raw) or re-encodes (png, jpeg)."""
+    ``encoded``: send the data's stored JPEG/PNG bytes as they are (the client's passthrough), decoded by the
+    server (TensorFlow's fast IDCT: a few levels from the Pillow decode an in-process evaluation sees); else
+    decoded pixels, which the client resizes and rounds to uint8 (raw) or re-encodes (png, jpeg)."""
 
     def predict(images: Sequence[np.ndarray | bytes]) -> list[dict[str, np.ndarray]]:
         answers = detector.detect_batch(list(images), score_threshold=0.0)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 from urllib.parse import urlparse
 
+from .contract import MAX_MESSAGE_BYTES
 from .errors import InvalidInput
 from .images import LoadedImage, load_image
 from .video import VideoReader, is_video
@@ -26,7 +27,8 @@ __all__ = ["Source", "Item", "resolve", "read", "IMAGE_EXTENSIONS", "MAX_DOWNLOA
 #: are data or vector files users keep next to their photos); a file named on its own is read whatever it is.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
-MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024  # an image URL larger than this is refused (the server's cap is 64 MiB too)
+# An image URL larger than a request may be is refused: the same cap as the server's (and the client's) messages.
+MAX_DOWNLOAD_BYTES = MAX_MESSAGE_BYTES
 STREAM_SCHEMES = ("rtsp", "rtmp")  # network streams, read by OpenCV
 
 Kind = Literal["image", "stdin", "url", "video", "camera"]
