@@ -1,0 +1,93 @@
+"""k8s/components/model-sync/model-sync.sh, the sidecar's script, run with a fake rclone over a local 'bucket'."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "k8s" / "components" / "model-sync" / "model-sync.sh"
+
+# Serves `lsf --dirs-only :gcs:bucket/path` and `copy --checksum :gcs:bucket/path/N DEST` from $FAKE_BUCKET,
+# and logs each call so the test sees what was copied.
+FAKE_RCLONE = r"""#!/bin/sh
+set -eu
+echo "$*" >> "$FAKE_LOG"
+strip() { printf '%s' "$1" | sed 's#^:gcs:[^/]*/models/detector##'; }
+case "$1" in
+  lsf) ls "$FAKE_BUCKET" | sed 's#$#/#' ;;
+  copy) src="$FAKE_BUCKET$(strip "$3")"; mkdir -p "$4"; cp -R "$src/." "$4/"
+        test -z "${FAKE_COPY_CHECK:-}" || ls -a "$(dirname "$4")" >> "$FAKE_LOG" ;;
+  *) exit 2 ;;
+esac
+"""
+
+pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="needs /bin/sh")
+
+
+def _version(bucket: Path, number: int) -> None:
+    (bucket / str(number) / "variables").mkdir(parents=True)
+    (bucket / str(number) / "saved_model.pb").write_text(f"model {number}")
+
+
+def _run(tmp_path: Path, loops: int, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+                   "MODEL_SOURCE": "gs://bucket/models/detector", "MODEL_NAME": "detector",
+                   "SYNC_INTERVAL_SECONDS": "0", "SYNC_LOOPS": str(loops),
+                   "MODELS_ROOT": str(tmp_path / "models"), "HEARTBEAT_FILE": str(tmp_path / "heartbeat"),
+                   "FAKE_BUCKET": str(tmp_path / "bucket"), "FAKE_LOG": str(tmp_path / "rclone.log"), **env}
+    return subprocess.run(["sh", str(SCRIPT)], env=environment, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Path:
+    (tmp_path / "bin").mkdir()
+    rclone = tmp_path / "bin" / "rclone"
+    rclone.write_text(FAKE_RCLONE)
+    rclone.chmod(0o755)
+    (tmp_path / "bucket").mkdir()
+    return tmp_path
+
+
+def test_copies_the_newest_versions_renames_them_into_place_prunes_and_beats(sandbox: Path) -> None:
+    bucket, local = sandbox / "bucket", sandbox / "models" / "detector"
+    for number in (1, 2, 3):
+        _version(bucket, number)
+    first = _run(sandbox, loops=2, FAKE_COPY_CHECK="1")
+    assert first.returncode == 0, first.stderr
+    # Only the policy's two newest versions are copied (1 would be pruned at once), each through .incoming-N.
+    assert sorted(p.name for p in local.iterdir()) == ["2", "3"]
+    assert (local / "3" / "saved_model.pb").read_text() == "model 3"
+    log = (sandbox / "rclone.log").read_text()
+    assert log.count("copy --checksum") == 2, log  # the second loop copies nothing
+    assert ".incoming-2" in log and ".incoming-3" in log
+    assert (sandbox / "models" / ".model-sync-ready").exists()
+    beat = int((sandbox / "heartbeat").read_text())
+    assert abs(beat - time.time()) < 60
+
+    # A new version: copied, and the oldest local one is pruned; the newest two stay.
+    _version(bucket, 4)
+    second = _run(sandbox, loops=2)
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in local.iterdir()) == ["3", "4"]
+    assert "pruned version 2" in second.stdout
+
+
+def test_keep_versions_from_the_configmap(sandbox: Path) -> None:
+    for number in (1, 2, 3, 10):
+        _version(sandbox / "bucket", number)
+    result = _run(sandbox, loops=1, KEEP_VERSIONS="3")
+    assert result.returncode == 0, result.stderr
+    # Numeric order, not lexical: 10 is the newest.
+    assert sorted(int(p.name) for p in (sandbox / "models" / "detector").iterdir()) == [2, 3, 10]
+
+
+@pytest.mark.parametrize("env, message", [({"KEEP_VERSIONS": "0"}, "KEEP_VERSIONS"),
+                                          ({"MODEL_SOURCE": "/local"}, "MODEL_SOURCE")])
+def test_bad_settings_fail_naming_them(sandbox: Path, env: dict, message: str) -> None:
+    result = _run(sandbox, loops=1, **env)
+    assert result.returncode != 0 and message in result.stderr
