@@ -19,7 +19,7 @@ import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from detserve.client.contract import FIRST_VERSION, version_dirs
 
@@ -188,7 +188,8 @@ def serving_references(config_paths: Sequence[Path | str], model_name: str) -> S
             raise RepositoryError(f"cannot read serving config {path}: {error}") from error
         references.files.append(path)
         for model in config.model_config_list.config:
-            if model.name != model_name:
+            # The model itself, or another model over its directory (the canary candidate, k8s/rollout.py).
+            if model.name != model_name and PurePosixPath(model.base_path).name != model_name:
                 continue
             policy = model.model_version_policy
             if policy.HasField("specific"):

@@ -3,7 +3,11 @@
 #                                     Kubernetes $(K8S_VERSION); project checks; yamllint; hadolint
 #   make k8s-render [OVERLAY=gpu]     print what `make deploy` would apply
 #   make k8s-diff   [OVERLAY=gpu]     compare it with the cluster of the current kubectl context
-#   make deploy     [OVERLAY=gpu]     validate that overlay, then kubectl apply -k k8s/overlays/$(OVERLAY)
+#   make deploy     [OVERLAY=gpu]     validate that overlay (images pinned by digest), then kubectl apply -k
+#   make pin-images                   write the registries' digests of the tagged images into k8s/**/kustomization.yaml
+#   make release VERSION=N            pin the Kubernetes release to version N (serving/models.release.config)
+#   make canary  VERSION=M            serve version M as the candidate model detector-canary (models.canary.config)
+#   make promote                      release the candidate; make rollout-status prints both
 # OVERLAY is gpu (production default), cpu or canary. No cluster is needed except for k8s-diff and deploy.
 # The validator is the package k8s/validate/ (python -m k8s.validate), run from the repository root like all of make.
 
@@ -14,7 +18,7 @@ K8S_VERSION ?= 1.34
 OVERLAY ?= gpu
 KUBECTL ?= $(if $(wildcard $(VENV)/bin/kubectl),$(VENV)/bin/kubectl,kubectl)
 
-.PHONY: k8s-validate k8s-render k8s-diff deploy
+.PHONY: k8s-validate k8s-render k8s-diff deploy pin-images release canary promote rollout-status
 
 k8s-validate: ## Render and validate every overlay offline (strict, Kubernetes $(K8S_VERSION)), lint YAML and Dockerfiles
 	$(VENV)/bin/python -m k8s.validate --kubernetes-version $(K8S_VERSION) --kubectl $(KUBECTL)
@@ -28,6 +32,23 @@ k8s-diff: ## Diff k8s/overlays/$(OVERLAY) against the current kubectl context
 
 deploy: ## Validate, then kubectl apply -k k8s/overlays/$(OVERLAY) (gpu|cpu|canary) and wait for the rollout
 	$(VENV)/bin/python -m k8s.validate --kubernetes-version $(K8S_VERSION) --kubectl $(KUBECTL) \
-		--no-lint --target overlays/$(OVERLAY)
+		--no-lint --require-digests --target overlays/$(OVERLAY)
 	$(KUBECTL) apply -k $(K8S_DIR)/overlays/$(OVERLAY)
 	$(KUBECTL) -n detserve rollout status deployment/detserve-serving --timeout=15m
+
+# Needs the registries (Docker Hub) online; run it when a tag in an `images:` entry changes, and commit the result.
+pin-images: ## Pin every tagged image of k8s/ by its registry digest (online)
+	$(VENV)/bin/python -m k8s.validate.pin_images
+
+# The release and canary configs are written by k8s/rollout.py from two numbers, so the overlays cannot disagree.
+release: ## Pin the Kubernetes release to VERSION (then: make deploy)
+	$(VENV)/bin/python -m k8s.rollout release $(VERSION)
+
+canary: ## Serve VERSION as the candidate model <name>-canary beside the release (then: make deploy OVERLAY=canary)
+	$(VENV)/bin/python -m k8s.rollout canary $(VERSION)
+
+promote: ## Release the candidate version (then: make deploy)
+	$(VENV)/bin/python -m k8s.rollout promote
+
+rollout-status: ## Print the released and the candidate version
+	$(VENV)/bin/python -m k8s.rollout status

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from k8s import rollout
 from detserve.export import repository as repo
 from detserve.export.cli import export as export_command
 from detserve.export.exporter import (
@@ -145,7 +146,9 @@ def test_the_repository_serving_configs_protect_the_canary_versions():
     assert {p.name for p in configs} >= {"models.config", "models.canary.config"}
     references = repo.serving_references(configs, "detector")
     assert references.latest_num_versions == 2  # models.config: latest { num_versions: 2 }
-    assert references.protected  # models.canary.config pins stable and canary
+    # models.release.config pins the release; models.canary.config the candidate, as the model detector-canary.
+    shipped = rollout.read()
+    assert references.protected == {shipped.stable, shipped.canary}
 
 
 def test_an_unparsable_serving_config_stops_pruning(tmp_path):
@@ -159,7 +162,9 @@ def test_warmup_batch_sizes_cover_every_config_up_to_the_smallest_maximum(tmp_pa
     # CPU pads to 1-8, 12, 16, 24, 32; GPU to powers of two up to 64. Batch 64 would be rejected by a CPU server
     # and fail the version's load; a GPU server pads a warmup batch of 3 to 4, which is harmless.
     assert sizes.sizes == [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32]
-    assert len(sizes.sources) == 2 and not sizes.notes
+    assert len(sizes.sources) == 2
+    # ... and the GPU shape left out is named (tests/test_warmup_coverage.py covers per-server exports).
+    assert sizes.unwarmed == {str(default_batching_configs()[1]): [64]} and len(sizes.notes) == 1
 
     gpu = tmp_path / "gpu.config"
     gpu.write_text("max_batch_size { value: 16 }\nallowed_batch_sizes: [1, 4, 16]\n")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from k8s import rollout
+
 SCRIPT = Path(__file__).resolve().parents[1] / "k8s" / "components" / "model-sync" / "model-sync.sh"
 
 # Serves `lsf --dirs-only :gcs:bucket/path` and `copy --checksum :gcs:bucket/path/N DEST` from $FAKE_BUCKET,
@@ -39,7 +41,8 @@ def _run(tmp_path: Path, loops: int, **env: str) -> subprocess.CompletedProcess:
                    "MODEL_SOURCE": "gs://bucket/models/detector", "MODEL_NAME": "detector",
                    "SYNC_INTERVAL_SECONDS": "0", "SYNC_LOOPS": str(loops),
                    "MODELS_ROOT": str(tmp_path / "models"), "HEARTBEAT_FILE": str(tmp_path / "heartbeat"),
-                   "FAKE_BUCKET": str(tmp_path / "bucket"), "FAKE_LOG": str(tmp_path / "rclone.log"), **env}
+                   "FAKE_BUCKET": str(tmp_path / "bucket"), "FAKE_LOG": str(tmp_path / "rclone.log"),
+                   "PINNED_CONFIGS": str(tmp_path / "no-such.config"), **env}
     return subprocess.run(["sh", str(SCRIPT)], env=environment, capture_output=True, text=True, timeout=60)
 
 
@@ -84,6 +87,31 @@ def test_keep_versions_from_the_configmap(sandbox: Path) -> None:
     assert result.returncode == 0, result.stderr
     # Numeric order, not lexical: 10 is the newest.
     assert sorted(int(p.name) for p in (sandbox / "models" / "detector").iterdir()) == [2, 3, 10]
+
+
+def test_versions_pinned_by_the_release_and_canary_configs_are_never_pruned(sandbox: Path) -> None:
+    # Release 2 with candidates 3, 4 and 5 landing after it: the newest two alone would drop the release.
+    bucket, local = sandbox / "bucket", sandbox / "models" / "detector"
+    for number in (1, 2, 3, 4, 5):
+        _version(bucket, number)
+    release = rollout.Rollout("detector", "/models/detector", stable=2, canary=4)
+    configs = sandbox / "config"
+    configs.mkdir()
+    (configs / rollout.RELEASE_FILE).write_text(rollout.release_text(release))
+    (configs / rollout.CANARY_FILE).write_text(rollout.canary_text(release))
+    pinned = f"{configs / rollout.RELEASE_FILE} {configs / rollout.CANARY_FILE} {configs / 'absent.config'}"
+    result = _run(sandbox, loops=1, PINNED_CONFIGS=pinned)
+    assert result.returncode == 0, result.stderr
+    assert sorted(int(p.name) for p in local.iterdir()) == [2, 4, 5]
+
+    # Candidate 4 promoted (`python -m k8s.rollout promote` writes both files): 2 is no longer pinned and goes.
+    promoted = rollout.Rollout("detector", "/models/detector", stable=4, canary=4)
+    (configs / rollout.RELEASE_FILE).write_text(rollout.release_text(promoted))
+    (configs / rollout.CANARY_FILE).write_text(rollout.canary_text(promoted))
+    result = _run(sandbox, loops=1, PINNED_CONFIGS=pinned)
+    assert result.returncode == 0, result.stderr
+    assert sorted(int(p.name) for p in local.iterdir()) == [4, 5]
+    assert "pruned version 2" in result.stdout
 
 
 @pytest.mark.parametrize("env, message", [({"KEEP_VERSIONS": "0"}, "KEEP_VERSIONS"),

@@ -160,18 +160,20 @@ def test_models_config_loads_on_a_fresh_repository():
     assert dict(model.version_labels) == {}
 
 
-def test_canary_config_pins_the_labelled_versions():
-    (model,) = tfs.model_configs(_parse(SERVING / "models.canary.config"))
-    assert (model.name, model.base_path, model.model_platform) == (
-        "detector",
-        "/models/detector",
-        "tensorflow",
-    )
-    labels = dict(model.version_labels)
-    assert set(labels) == {"stable", "canary"}
-    assert labels["stable"] != labels["canary"]
-    assert model.model_version_policy.WhichOneof("policy_choice") == "specific"
-    assert set(labels.values()) <= set(model.model_version_policy.specific.versions)
+def test_release_and_canary_configs_pin_one_version_each():
+    # The release: one pinned version under `stable`. The canary: the same entry plus the candidate as its own
+    # model over the same directory, so unversioned and `stable` clients are untouched (tests/test_k8s_canary.py).
+    (release,) = tfs.model_configs(_parse(SERVING / "models.release.config"))
+    assert (release.name, release.base_path, release.model_platform) == ("detector", "/models/detector", "tensorflow")
+    assert release.model_version_policy.WhichOneof("policy_choice") == "specific"
+    (stable,) = release.model_version_policy.specific.versions
+    assert dict(release.version_labels) == {"stable": stable}
+    entry, candidate = tfs.model_configs(_parse(SERVING / "models.canary.config"))
+    assert entry == release
+    assert (candidate.name, candidate.base_path) == ("detector-canary", "/models/detector")
+    assert candidate.model_version_policy.WhichOneof("policy_choice") == "specific"
+    assert list(candidate.model_version_policy.specific.versions) != [stable]
+    assert not candidate.version_labels
 
 
 def test_monitoring_config_exposes_prometheus_on_the_rest_port_path():

@@ -43,10 +43,14 @@ def test_production_model_configs_parse_and_map_onto_a_local_repository(tmp_path
     assert local.model_config_list.config[0].base_path == str(tmp_path / "models" / relative)
     assert model.base_path.startswith("/models"), "the original config is left untouched"
 
-    canary = cfg.load_model_server_config(SERVING / "models.canary.config")
-    (model,) = canary.model_config_list.config
-    assert VersionPolicy.from_model_config(model).kind == "specific"
-    assert set(model.version_labels) == {"stable", "canary"}
+    # Kubernetes: the release pinned under `stable`; the canary adds the candidate as a model over the same path.
+    (release,) = cfg.load_model_server_config(SERVING / "models.release.config").model_config_list.config
+    assert VersionPolicy.from_model_config(release).kind == "specific"
+    assert set(release.version_labels) == {"stable"}
+    stable, candidate = cfg.load_model_server_config(SERVING / "models.canary.config").model_config_list.config
+    assert stable == release
+    assert candidate.name == "detector-canary" and candidate.base_path == release.base_path
+    assert VersionPolicy.from_model_config(candidate).kind == "specific"
 
 
 def test_base_path_mapping_rules(tmp_path):
@@ -579,8 +583,8 @@ def test_a_changed_config_file_is_read_again_and_mapped(tmp_path):
     time.sleep(0.01)
     path.write_text((SERVING / "models.canary.config").read_text())
     config = server._read_config_file()
-    assert config.model_config_list.config[0].base_path == str(tmp_path / "repo" / "detector")
-    assert set(config.model_config_list.config[0].version_labels) == {"stable", "canary"}
+    assert [m.base_path for m in config.model_config_list.config] == [str(tmp_path / "repo" / "detector")] * 2
+    assert set(config.model_config_list.config[0].version_labels) == {"stable"}
 
 
 def test_load_failures_keep_tensorflow_s_code_and_anything_else_is_unknown():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from detserve.serving import tfs_config
 
+from .. import rollout
 from .objects import by_kind, describe, is_tf_serving, pod_template
 
 SERVING_CONFIGMAP = "tfserving-config"
@@ -23,6 +24,13 @@ def check_serving_files(serving_dir: Path) -> list[str]:
             continue
         if isinstance(message, tfs_config.BatchingParameters):
             errors += tfs_config.check_batching(message, str(path))
+    # The release and the canary configs must be what `python -m k8s.rollout` writes: the canary's release entry
+    # identical to the release's, so `stable` and unversioned clients get the same version in every overlay.
+    if (serving_dir / rollout.RELEASE_FILE).exists() and not errors:
+        try:
+            rollout.read(serving_dir)
+        except rollout.RolloutError as exc:
+            errors.append(str(exc))
     return errors
 
 
