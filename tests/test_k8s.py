@@ -99,15 +99,17 @@ def test_cpu_overlay_runs_the_cpu_image_without_gpus(report):
     assert env["TFS_BATCHING_PARAMETERS_FILE"] == "/config/batching.config"
 
 
-def test_canary_overlay_serves_two_versions_under_labels(report):
-    objects = report.rendered["overlays/canary"]
-    container = _serving_container(objects)
+@pytest.mark.parametrize("target, config", [("overlays/gpu", "models.release.config"),
+                                            ("overlays/cpu", "models.release.config"),
+                                            ("overlays/canary", "models.canary.config")])
+def test_overlays_serve_the_pinned_release_behind_the_stable_label(report, target, config):
+    # What each client reaches through these files: tests/test_k8s_canary.py.
+    container = _serving_container(report.rendered[target])
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["TFS_MODEL_CONFIG_FILE"] == "/config/models.canary.config"
+    assert env["TFS_MODEL_CONFIG_FILE"] == f"/config/{config}"
     assert _args(container)["allow_version_labels_for_unavailable_models"] == "true"
     for probe in ("startupProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["path"] == "/v1/models/detector/labels/stable/metadata"
-    assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
 
 
 @pytest.mark.parametrize("target", ["overlays/gpu", "overlays/cpu", "overlays/canary"])
@@ -140,7 +142,7 @@ def test_every_container_has_resources_probes_and_security_context(report, targe
     container = _serving_container(report.rendered[target])
     assert container["startupProbe"]["httpGet"]["port"] == "http"
     assert container["readinessProbe"]["httpGet"]["port"] == "http"
-    assert container["livenessProbe"]["tcpSocket"]["port"] == "grpc"
+    assert container["livenessProbe"]["grpc"] == {"port": 8500}  # grpc.health.v1 (tests/test_k8s_autoscaling.py)
     assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": 15}}
     assert (
         pod["terminationGracePeriodSeconds"] > 15 + 10
@@ -160,7 +162,7 @@ def test_port_names_and_numbers_agree(report, target):
         ("grpc", 8500, "grpc"),
         ("http", 8501, "http"),
     }
-    policy = _one(objects, "NetworkPolicy")
+    policy = _one(objects, "NetworkPolicy", "detserve-serving")  # the clients' allow (tests/test_k8s_network.py)
     (rule,) = policy["spec"]["ingress"]
     assert {p["port"] for p in rule["ports"]} == set(container_ports.values())
 
@@ -198,10 +200,9 @@ def test_model_sync_component_swaps_the_claim_for_a_synced_emptydir(report):
     assert sidecar["restartPolicy"] == "Always" and "startupProbe" in sidecar
     models = next(v for v in pod["volumes"] if v["name"] == "models")
     assert set(models) == {"name", "emptyDir"}
-    egress_ports = {
-        p["port"] for rule in _one(objects, "NetworkPolicy")["spec"]["egress"] for p in rule["ports"]
-    }
-    assert egress_ports == {53, 443}
+    egress = _one(objects, "NetworkPolicy", "detserve-serving-model-sync")["spec"]["egress"]
+    # DNS, HTTPS, and the GKE/EKS credential endpoints (tests/test_k8s_network.py checks the addresses).
+    assert {p["port"] for rule in egress for p in rule["ports"]} == {53, 443, 80, 988}
 
 
 def test_yaml_and_dockerfiles_lint_clean():
@@ -300,7 +301,7 @@ def test_more_planted_errors_are_each_reported(copy_root):
             "              port: http\n            periodSeconds: 10",
             "              port: 8500\n            periodSeconds: 10",
         ),
-        (deployment, "              port: grpc\n", "              port: 9000\n"),
+        (deployment, "            grpc:\n              port: 8500\n", "            grpc:\n              port: 9000\n"),
         (deployment, "--rest_api_timeout_in_ms=", "--rest_api_timeout_ms="),
         (deployment, "terminationGracePeriodSeconds: 45", "terminationGracePeriodSeconds: 20"),
         (deployment, "      automountServiceAccountToken: false\n", ""),
@@ -350,16 +351,13 @@ def test_planted_gpu_and_label_mistakes(copy_root):
         copy_root, "k8s/overlays/gpu/deployment-gpu.yaml", "- key: nvidia.com/gpu", "- key: example.com/gpu"
     )
     plant(copy_root, "k8s/overlays/gpu/kustomization.yaml", "newTag: 2.21.0-gpu", "newTag: 2.21.0")
-    plant(
-        copy_root,
-        "serving/models.config",
-        '    model_platform: "tensorflow"\n',
-        '    model_platform: "tensorflow"\n    version_labels { key: "stable" value: 1 }\n',
-    )
+    # The release hand-edited to a `latest` policy under its `stable` label.
+    plant(copy_root, "serving/models.release.config", "specific {\n        versions: 1\n", "latest {\n        num_versions: 2\n")
+    plant(copy_root, "k8s/base/deployment.yaml", "- --allow_version_labels_for_unavailable_models=true", "")
     plant(
         copy_root,
         "k8s/base/deployment.yaml",
-        "path: /v1/models/detector/metadata",
+        "path: /v1/models/detector/labels/stable/metadata",
         "path: /v1/models/detector",
     )
     errors = errors_for(copy_root, "overlays/gpu")
@@ -369,6 +367,14 @@ def test_planted_gpu_and_label_mistakes(copy_root):
     assert_reported(errors, gpu, "version labels", "--allow_version_labels_for_unavailable_models")
     assert_reported(errors, gpu, "version labels with a latest version policy")
     assert_reported(errors, gpu, "startupProbe path", "status endpoint")
+    assert_reported(errors, "serving", "models.release.config", "must pin exactly one version")
+
+
+def test_canary_config_edited_by_hand_is_reported(copy_root):
+    # The canary's release entry drifts from the release: `stable` would differ between overlays.
+    plant(copy_root, "serving/models.canary.config", "value: 1\n", "value: 2\n")
+    errors = errors_for(copy_root, "overlays/canary")
+    assert_reported(errors, "serving", "models.canary.config", "differs from what `python -m k8s.rollout` writes")
 
 
 def test_make_style_run_exits_non_zero_on_a_planted_error(copy_root):

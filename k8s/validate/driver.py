@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .checks import project_checks
+from .images import check_images
 from .lint import lint
 from .report import Report
 from .schema import DEFAULT_KUBERNETES_VERSION, schema_errors
@@ -22,8 +23,11 @@ def validate(
     kubectl: str | None = None,
     run_lint: bool = True,
     only: Iterable[str] | None = None,
+    require_digests: bool = False,
 ) -> Report:
-    """Validate the repository at `root` (every target, or those named in `only`); the problems are in the report."""
+    """Validate the repository at `root` (every target, or those named in `only`); the problems are in the report.
+
+    `require_digests` (deploying) makes an image pinned by tag only, or a placeholder image, a problem."""
     root = Path(root).resolve()
     report = Report(kubernetes_version)
     found = find_tool("kubectl", kubectl)
@@ -72,6 +76,9 @@ def validate(
         target = next(t for t in targets if t.name == name)
         found[name] = list(schema_errors(objects, kubernetes_version, target.custom_kinds))
         found[name] += project_checks(objects, target, serving_dir, shared)
+        image_errors, image_notes = check_images(objects, require_digests)
+        found[name] += image_errors
+        report.notes += [f"{name}: {note}" for note in image_notes]
         report.validated_objects += len(objects)
     for name, messages in found.items():
         # A component is rendered on top of its host overlay: report only what the component itself adds.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .objects import describe, describe_container, image_tag, is_tf_serving
+from .images import image_tag
+from .objects import describe, describe_container, is_tf_serving
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT_KEY = "nvidia.com/gpu"

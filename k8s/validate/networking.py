@@ -1,13 +1,15 @@
-"""Services and NetworkPolicies against the Pods they select: port names and numbers must agree."""
+"""Services and NetworkPolicies against the Pods they select: port names and numbers agree, every Pod is isolated
+by a default deny or its own policy, and the allowed flows are the project's (network_flows)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from . import netpol
+from .network_flows import check_flows
 from .objects import (
     by_kind,
     describe,
-    is_tf_serving,
     pod_template,
     resolve_port,
     selector_matches,
@@ -21,6 +23,8 @@ def check_networking(objects: list[dict]) -> Iterator[str]:
         yield from _check_service(svc, workloads)
     for policy in by_kind(objects, "NetworkPolicy"):
         yield from _check_network_policy(policy, workloads)
+    yield from check_isolation(objects)
+    yield from check_flows(objects)
 
 
 def _selected(selector: dict | None, workloads: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
@@ -55,29 +59,85 @@ def _check_service(svc: dict, workloads: list[tuple[dict, dict]]) -> Iterator[st
 
 
 def _check_network_policy(policy: dict, workloads: list[tuple[dict, dict]]) -> Iterator[str]:
-    """Ingress restricted to named ports, and every serving port of the selected Pods admitted."""
+    """Each policy on its own: it selects Pods, its rules name ports, and every port it admits exists."""
     spec = policy.get("spec") or {}
-    selected = _selected(spec.get("podSelector"), workloads)
+    endpoints = netpol.pod_endpoints([o for o, _ in workloads])
+    selected = [o for o, e in endpoints if netpol.selects(policy, e)]
     if not selected:
         yield f"{describe(policy)}: selects no Pod of the rendered set"
-    if "Ingress" not in (spec.get("policyTypes") or ["Ingress"]):
-        yield f"{describe(policy)}: does not restrict ingress"
-    for o, t in selected:
-        containers = (t.get("spec") or {}).get("containers") or []
-        served = {
-            p["containerPort"] for c in containers if is_tf_serving(c) for p in c.get("ports") or []
-        } or {p["containerPort"] for c in containers for p in c.get("ports") or []}
-        admitted: set[int] = set()
-        for rule in spec.get("ingress") or []:
+    types = netpol.policy_types(policy)
+    for direction in netpol.DIRECTIONS:
+        rules = spec.get(direction.lower()) or []
+        if rules and direction not in types:
+            yield f"{describe(policy)}: has {direction.lower()} rules but policyTypes leaves out {direction}: ignored"
+        for rule in rules:
             if not rule.get("ports"):
-                yield f"{describe(policy)}: an ingress rule without ports admits every port"
+                what = "admits" if direction == "Ingress" else "opens"
+                yield f"{describe(policy)}: an {direction.lower()} rule without ports {what} every port"
+    if netpol.selects_every_pod(policy):
+        if not netpol.is_default_deny(policy):
+            yield (
+                f"{describe(policy)}: selects every Pod of the namespace and allows traffic: keep the namespace-wide "
+                "policy a default deny without rules, and open flows per workload"
+            )
+        return  # ports of a namespace-wide policy are not tied to one workload
+    containers_of = {id(o): (t.get("spec") or {}).get("containers") or [] for o, t in workloads}
+    for o in selected:
+        containers = containers_of[id(o)]
+        for rule in spec.get("ingress") or []:
             for port in rule.get("ports") or []:
-                number = next(
-                    (n for c in containers if (n := resolve_port(port.get("port"), c)) is not None), None
-                )
-                if number is None:
+                if port.get("port") is None:
+                    continue
+                if not any(resolve_port(port.get("port"), c) is not None for c in containers):
                     yield f"{describe(policy)}: admits port {port.get('port')!r}, which no container of {describe(o)} has"
-                else:
-                    admitted.add(number)
-        for number in sorted(served - admitted):
-            yield f"{describe(policy)}: does not admit serving port {number} of {describe(o)}"
+
+
+def check_isolation(objects: list[dict]) -> Iterator[str]:
+    """A default deny for every Namespace the render creates, and every Pod isolated both ways by the render itself
+    (checkov CKV2_K8S_6): a job or tool applied on its own is as closed as the serving stack."""
+    policies = netpol.network_policies(objects)
+    for ns in by_kind(objects, "Namespace"):
+        name = ns["metadata"]["name"]
+        if not any(netpol.is_default_deny(p) and p["metadata"].get("namespace") == name for p in policies):
+            yield (
+                f"{describe(ns)}: no default-deny NetworkPolicy (podSelector: {{}}, policyTypes: [Ingress, Egress], "
+                "no rules): Pods that no other policy selects are open both ways (checkov CKV2_K8S_6)"
+            )
+    services = by_kind(objects, "Service")
+    for obj, endpoint in netpol.pod_endpoints(objects):
+        open_ways = [d for d in netpol.DIRECTIONS if not netpol.isolated(policies, endpoint, d)]
+        if open_ways:
+            yield (
+                f"{describe(obj)}: no NetworkPolicy of this render isolates its Pods for {' and '.join(open_ways)} "
+                "(add one that selects them; checkov CKV2_K8S_6)"
+            )
+        served = [
+            s
+            for s in services
+            if selector_matches({"matchLabels": (s.get("spec") or {}).get("selector")}, endpoint.labels)
+        ]
+        if served:
+            yield from _service_ports_admitted(obj, endpoint, served, policies)
+            continue
+        for policy in policies:
+            if netpol.selects(policy, endpoint) and "Ingress" in netpol.policy_types(policy):
+                if (policy.get("spec") or {}).get("ingress"):
+                    yield (
+                        f"{describe(policy)}: admits ingress to {describe(obj)}, which no Service selects: nothing "
+                        "should connect to it"
+                    )
+
+
+def _service_ports_admitted(obj: dict, endpoint, services: list[dict], policies: list[dict]) -> Iterator[str]:
+    """Every port a Service sends to must be admitted from some peer, or the Service answers no one."""
+    containers = ((pod_template(obj) or {}).get("spec") or {}).get("containers") or []
+    for svc in services:
+        for port in (svc.get("spec") or {}).get("ports") or []:
+            target = port.get("targetPort", port.get("port"))
+            number = next((n for c in containers if (n := resolve_port(target, c)) is not None), None)
+            protocol = port.get("protocol", "TCP")
+            if number is not None and not netpol.admits_port(policies, endpoint, number, protocol):
+                yield (
+                    f"{describe(svc)}: port {port.get('name')} reaches {describe(obj)} on {number}, which no "
+                    "NetworkPolicy admits from anywhere"
+                )

@@ -71,10 +71,6 @@ def cpu_cores(quantity) -> float | None:
         return None
 
 
-def image_tag(container: dict) -> str:
-    return str(container.get("image", "")).rpartition(":")[2]
-
-
 def is_tf_serving(container: dict) -> bool:
     command = container.get("command") or []
     return bool(command and command[0].endswith("tensorflow_model_server")) or str(

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 class Report:
     kubernetes_version: str
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(
+        default_factory=list
+    )  # worth knowing, not a failure (e.g. images not pinned yet)
     rendered: dict[str, list[dict]] = field(default_factory=dict)
     validated_objects: int = 0
 

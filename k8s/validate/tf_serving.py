@@ -13,15 +13,16 @@ from pathlib import Path
 
 # The TF Serving config protos are shared with the exporter and the embedded server.
 from detserve.serving import tfs_config
+from detserve.serving.health import TF_SERVING_SERVICES
 
 from .hardware import check_hardware
+from .images import image_tag
 from .objects import (
     container_port_numbers,
     cpu_cores,
     describe,
     describe_container,
     expand,
-    image_tag,
     mounted_configmap_file,
     resolve_env,
     resolve_port,
@@ -46,7 +47,7 @@ KNOWN_TFS_FLAGS = frozenset(
     grpc_channel_arguments grpc_max_threads enable_model_warmup num_request_iterations_for_warmup version
     monitoring_config_file remove_unused_fields_from_bundle_metagraph prefer_tflite_model num_tflite_pools
     num_tflite_interpreters_per_pool enable_signature_method_name_check xla_cpu_compilation_enabled enable_profiler
-    thread_pool_factory_config_file
+    thread_pool_factory_config_file enable_grpc_healthcheck_service
     """.split()
 )
 REQUIRED_TFS_FLAGS = (
@@ -138,6 +139,7 @@ def _server_problems(
         models = list(tfs_config.model_configs(parsed["model_config_file"]))
         yield from _model_problems(models, flags, container)
     yield from _probe_problems(container, ports.get(REST_PORT_NAME), models)
+    yield from _liveness_problems(container, flags)
 
 
 def _flag_problems(flags: dict[str, str]) -> Iterator[str]:
@@ -194,7 +196,7 @@ def _model_problems(models: list, flags: dict[str, str], container: dict) -> Ite
 
 
 def _probe_problems(container: dict, rest_port: int | None, models: list) -> Iterator[str]:
-    """Startup and readiness on the REST metadata endpoint of a served model (or label); liveness on a port."""
+    """Startup and readiness on the REST metadata endpoint of a served model (or label)."""
     served = {model.name: dict(model.version_labels) for model in models}
     for probe_name in ("startupProbe", "readinessProbe"):
         probe = container.get(probe_name)
@@ -223,6 +225,10 @@ def _probe_problems(container: dict, rest_port: int | None, models: list) -> Ite
             yield f"{probe_name} checks model {match['model']!r}, not served here ({', '.join(served)})"
         elif match["label"] and match["label"] not in served.get(match["model"], {}):
             yield f"{probe_name} checks label {match['label']!r}, which the model config does not define"
+
+
+def _liveness_problems(container: dict, flags: dict[str, str]) -> Iterator[str]:
+    """Liveness on a port of the container; a gRPC probe needs the server's health service on its gRPC port."""
     liveness = container.get("livenessProbe")
     if not liveness:
         yield "no livenessProbe"
@@ -230,8 +236,22 @@ def _probe_problems(container: dict, rest_port: int | None, models: list) -> Ite
     handler = liveness.get("tcpSocket") or liveness.get("httpGet") or liveness.get("grpc")
     if not handler:
         yield "livenessProbe has no tcpSocket/httpGet/grpc handler"
-    elif resolve_port(handler.get("port"), container) is None:
+        return
+    number = resolve_port(handler.get("port"), container)
+    if number is None:
         yield f"livenessProbe port {handler.get('port')!r} is not a port of the container"
+    if "grpc" not in liveness:
+        return
+    # Without the flag the server has no grpc.health.v1 service: every probe fails (UNIMPLEMENTED) and the kubelet
+    # restarts a healthy server in a loop.
+    if not truthy(flags.get("enable_grpc_healthcheck_service")):
+        yield "livenessProbe is a gRPC probe, but --enable_grpc_healthcheck_service=true is not set"
+    if number is not None and "port" in flags and str(number) != flags["port"]:
+        yield f"livenessProbe grpc port {number} is not the gRPC port (--port={flags['port']})"
+    # TF Serving registers only "" (the server) and its two service names.
+    service = liveness["grpc"].get("service", "")
+    if service not in ("", *TF_SERVING_SERVICES):
+        yield f'livenessProbe grpc service {service!r} is not registered by TF Serving (use "" for the server)'
 
 
 def _check_termination(obj: dict, pod_spec: dict, container: dict, flags: dict[str, str]) -> Iterator[str]:
