@@ -52,6 +52,10 @@ class ServerOptions:
     model_config_file_poll_wait_seconds: float = _flag(0.0, "How often the config file is re-read (0: never).")
     enable_model_warmup: bool = _flag(True, "Replay assets.extra/tf_serving_warmup_requests before a version "
                                       "serves.", "--enable-model-warmup/--no-enable-model-warmup")
+    enable_grpc_healthcheck_service: bool = _flag(True, "Serve grpc.health.v1.Health/Check (for gRPC liveness "
+                                                  "probes; the production Deployment enables it in TF Serving).",
+                                                  "--enable-grpc-healthcheck-service/"
+                                                  "--no-enable-grpc-healthcheck-service")
     allow_version_labels_for_unavailable_models: bool = _flag(
         False, "Accept new labels that point at versions not loaded yet (needed for labelled configs at start).")
     rest_api_timeout_in_ms: int = _flag(30000, "REST predict timeout (0: none).")

@@ -25,6 +25,7 @@ from aiohttp import web
 from .batching import BatchScheduler
 from .config import ServingConfig, load_model_server_config
 from .grpc_service import add_services
+from .health import HealthService, add_health_service
 from .manager import ModelManager
 from .metrics import ServingMetrics
 from .options import ServerOptions
@@ -60,6 +61,7 @@ class EmbeddedServer:
         self.manager: ModelManager | None = None
         self.plane: DataPlane | None = None
         self.grpc_address = ""
+        self.health: HealthService | None = None
         self.rest_address = ""
         self._config_stamp: int | None = None
 
@@ -112,6 +114,8 @@ class EmbeddedServer:
             ("grpc.so_reuseport", 0),  # fail on a port in use instead of sharing it
         ])
         add_services(grpc_server, self.plane, self.manager, self.metrics, config.map_config)
+        if options.enable_grpc_healthcheck_service:
+            self.health = add_health_service(grpc_server)
         host = options.host
         port = grpc_server.add_insecure_port(f"{_bracket(host)}:{options.port}")
         await grpc_server.start()
@@ -137,6 +141,8 @@ class EmbeddedServer:
         # retried). Then close both, with what is left of the drain timeout for stragglers.
         log.info("shutting down: new requests are answered UNAVAILABLE; draining those in flight (up to %g s)",
                  options.drain_timeout_seconds)
+        if self.health is not None:
+            self.health.set_not_serving()  # health-checking clients move to other replicas
         if not await self.plane.drain(options.drain_timeout_seconds):
             log.warning("drain timeout: requests still running after %g s are cut off", options.drain_timeout_seconds)
         tasks = [grpc_server.stop(CLOSE_GRACE_S)]
