@@ -133,3 +133,14 @@ def published_version(trained_model, tmp_path_factory) -> Path:
     result = exporter.export_checkpoint(trained_model.model_dir / "pipeline.config", trained_model.model_dir,
                                         repository, "detector")
     return result.path
+
+
+@pytest.fixture
+def copy_root(tmp_path) -> Path:
+    """A copy of k8s/ and serving/ (what the Kubernetes validator reads) to plant mistakes or run tools in."""
+    import shutil
+
+    for name in ("k8s", "serving"):
+        shutil.copytree(REPO_ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / ".yamllint.yaml", tmp_path / ".yamllint.yaml")
+    return tmp_path

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from k8s import rollout
 from detserve.export import repository as repo
 from detserve.export.cli import export as export_command
 from detserve.export.exporter import (
@@ -23,6 +22,7 @@ from detserve.export.exporter import (
 )
 from detserve.export.verify import compare_detections
 from detserve.export.warmup import warmup_batch_sizes
+from k8s import rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,6 @@ one thing and assert that the validator names that problem.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -215,14 +214,6 @@ def test_yaml_and_dockerfiles_lint_clean():
 
 # ------------------------------------------------------------------------------------------------------------
 # Planted errors: the validator must fail, naming the problem
-
-
-@pytest.fixture
-def copy_root(tmp_path):
-    for name in ("k8s", "serving"):
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / ".yamllint.yaml", tmp_path / ".yamllint.yaml")
-    return tmp_path
 
 
 def plant(root: Path, relative: str, old: str, new: str) -> None:

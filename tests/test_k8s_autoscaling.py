@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from test_k8s import assert_reported, copy_root, errors_for, plant  # noqa: F401  (copy_root is a fixture)
 
 from detserve.serving.metrics import ServingMetrics, prometheus_name
 from k8s.validate.driver import validate
 from k8s.validate.schema import DEFAULT_KUBERNETES_VERSION
 from k8s.validate.tools import find_tool, render
+from tests.test_k8s import assert_reported, errors_for, plant
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBECTL = find_tool("kubectl")

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import pytest
 
 from k8s import rollout
+from k8s.validate.driver import validate
 from serving import tfs_config
 from serving.versions import VersionPolicy
-from tests.test_k8s import KUBECTL, ROOT, VERSION, _args, _serving_container, copy_root  # noqa: F401  (fixture)
-from k8s.validate.driver import validate
+from tests.test_k8s import KUBECTL, ROOT, VERSION, _args, _serving_container
 
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl not found: needed to render overlays")
 

@@ -13,7 +13,7 @@ import yaml
 from k8s.validate import pin_images
 from k8s.validate.driver import validate
 from k8s.validate.images import parse_reference
-from tests.test_k8s import KUBECTL, VERSION, copy_root  # noqa: F401  (fixture)
+from tests.test_k8s import KUBECTL, VERSION
 
 
 @pytest.mark.parametrize("reference, expected", [

@@ -23,7 +23,7 @@ from k8s.validate.network_flows import (
 )
 from k8s.validate.networking import check_networking
 from k8s.validate.targets import COMPONENT_HOST
-from tests.test_k8s import KUBECTL, ROOT, VERSION, assert_reported, copy_root, errors_for, plant  # noqa: F401
+from tests.test_k8s import KUBECTL, ROOT, VERSION, assert_reported, errors_for, plant
 
 pytestmark = pytest.mark.skipif(
     KUBECTL is None, reason="kubectl not found: needed to render the kustomizations"
