@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import MAP50_FLOOR
 from scipy import stats
 
 from detserve.client.cli import main as detserve
@@ -40,11 +41,6 @@ def test_short_training_run_lowers_the_loss_and_checkpoints_the_last_step(traine
     assert list((model_dir / "train").glob("events.out.tfevents.*")), "no TensorBoard logs"
 
 
-# mAP@.50 on the fixture's test split. The run is seeded, but another CPU rounds differently and its run diverges
-# like another seed's would. Measured, 200 steps at 192x192 on AMD EPYC without AVX-512 (2 cores): seed 0 (the
-# fixture) 0.891, seed 1 0.380, seed 2 0.587; a model that learnt nothing scores ~0 (the former 30-step fixture:
-# 0.0003). The floor is 40% of the lowest measured run: far above chance, below any run seen.
-MAP50_FLOOR = 0.15
 
 
 def test_short_training_run_gives_a_working_detector(trained_model_metrics) -> None:
