@@ -36,6 +36,13 @@ TRAIN_OPTIONS = $(strip $(if $(STEPS),--steps $(STEPS)) $(if $(BATCH_SIZE),--bat
 # The TF Serving model repository `make export` writes versions into: $(REPOSITORY)/$(MODEL_NAME)/<version>/.
 REPOSITORY ?= models
 MODEL_NAME ?= detector
+# The export's quality gate (docs/export.md), passed only when set: nothing is published unless the candidate's
+# mAP (MIN_MAP) and/or mAP@.50 (MIN_MAP50) on GATE_DATA (default: $(DATA)) reach them, e.g. make export MIN_MAP=0.3
+MIN_MAP ?=
+MIN_MAP50 ?=
+GATE_DATA ?=
+GATE_OPTIONS = $(strip $(if $(MIN_MAP),--min-map $(MIN_MAP)) $(if $(MIN_MAP50),--min-map50 $(MIN_MAP50)) \
+	$(if $(MIN_MAP)$(MIN_MAP50)$(GATE_DATA),--data $(or $(GATE_DATA),$(DATA))))
 BATCHING_CONFIGS ?= serving/batching.config
 # Extra `detserve serve` flags for `make serve`, e.g. SERVE_FLAGS="--no-enable-batching --port 9500".
 SERVE_FLAGS ?=
@@ -47,7 +54,7 @@ DEMO_DEPTH_MULTIPLIER ?= 0.35
 
 PYTEST_FLAGS ?=
 
-.PHONY: serve-check help setup lock test lint demo synth data train evaluate export serve bench-serving bench-batching clean web-demo
+.PHONY: serve-check help setup lock test lint demo synth data train evaluate export export-tflite serve bench-serving bench-batching clean web-demo
 
 help:
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -120,7 +127,14 @@ demo: setup ## The whole job on the embedded default: synthetic data -> train ->
 	@echo "                    # terminal 2: then open http://127.0.0.1:7860 (upload a photo or click an example)"
 
 export: setup ## Export the latest checkpoint in $(MODEL_DIR) as a new version of $(REPOSITORY)/$(MODEL_NAME)
-	$(DETSERVE) export --model-dir $(MODEL_DIR) --repository $(REPOSITORY) --name $(MODEL_NAME)
+	$(DETSERVE) export --model-dir $(MODEL_DIR) --repository $(REPOSITORY) --name $(MODEL_NAME) $(GATE_OPTIONS)
+
+# A .tflite for phones and edge boxes (docs/export.md): QUANTIZE=float16 or int8 (calibrated on $(DATA)'s train split).
+QUANTIZE ?= float16
+TFLITE_DIR ?= tflite
+export-tflite: setup ## Export the latest checkpoint in $(MODEL_DIR) as $(TFLITE_DIR)/$(MODEL_NAME)-$(QUANTIZE).tflite
+	$(DETSERVE) export --format tflite --quantize $(QUANTIZE) --model-dir $(MODEL_DIR) --name $(MODEL_NAME) \
+		--tflite-dir $(TFLITE_DIR) $(if $(filter int8,$(QUANTIZE)),--calibration-data $(DATA))
 
 serve: setup ## Serve $(REPOSITORY) with serving/*.config on the embedded server (gRPC :8500, REST :8501)
 	$(DETSERVE) serve --repository $(REPOSITORY) $(SERVE_FLAGS)

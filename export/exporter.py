@@ -26,6 +26,7 @@ from detserve.client.contract import DEFAULT_SIGNATURE, label_map_file
 
 from . import repository as repo
 from .errors import ExportError
+from .gate import GateResult, QualityGate
 from .pipeline import read_pipeline_config
 from .signature_defs import check_signatures, describe_signatures, model_input_size, read_signature_defs
 from .sources import (
@@ -44,9 +45,9 @@ from .warmup import WarmupInfo, warmup_batch_sizes, write_warmup_file
 # model_input_size live in .summary and .signature_defs and are re-exported so that the documented
 # `from detserve.export.exporter import ...` keeps working.
 __all__ = [
-    "BuiltModel", "ExportError", "ExportResult", "adopt_saved_model", "checkpoint_builder", "default_batching_configs",
-    "default_serving_configs", "describe_signatures", "export_checkpoint", "format_summary", "model_input_size",
-    "read_signature_defs",
+    "BuiltModel", "ExportError", "ExportResult", "GateResult", "QualityGate", "adopt_saved_model", "checkpoint_builder",
+    "default_batching_configs", "default_serving_configs", "describe_signatures", "export_checkpoint", "format_summary",
+    "model_input_size", "read_signature_defs",
 ]
 
 
@@ -64,6 +65,7 @@ class ExportResult:
     pruned: list[int] = field(default_factory=list)
     protected: dict[int, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    gate: GateResult | None = None  # the quality gate's metrics, when the export had one
 
 
 def _silent(message: str) -> None:
@@ -87,10 +89,18 @@ def default_serving_configs() -> list[Path]:
     return sorted(directory.glob("models*.config")) if directory else []
 
 
-def default_batching_configs() -> list[Path]:
-    """serving/batching.config (CPU) and serving/batching-gpu.config (GPU)."""
+# The shipped batching config of each kind of server (k8s/overlays/cpu and gpu, serving/Dockerfile*).
+BATCHING_CONFIGS = {"cpu": "batching.config", "gpu": "batching-gpu.config"}
+
+
+def default_batching_configs(servers: str = "all") -> list[Path]:
+    """The shipped batching configs of the servers that will load the version: ``cpu``, ``gpu`` or ``all``
+    (serving/batching.config and serving/batching-gpu.config; the warmup then stops at the smaller maximum)."""
+    if servers != "all" and servers not in BATCHING_CONFIGS:
+        raise ValueError(f"servers must be all, {' or '.join(BATCHING_CONFIGS)}; got {servers!r}")
     directory = _serving_dir()
-    return [directory / "batching.config", directory / "batching-gpu.config"] if directory else []
+    names = BATCHING_CONFIGS.values() if servers == "all" else [BATCHING_CONFIGS[servers]]
+    return [directory / name for name in names] if directory else []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -102,9 +112,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 def _export(build: Callable[[Path], BuiltModel], repository: Path | str, name: str, version: int | None,
             keep: int | None, serving_configs: Sequence[Path] | None, batching_configs: Sequence[Path] | None,
-            echo: Echo | None, measure_latency: bool = True) -> ExportResult:
+            echo: Echo | None, measure_latency: bool = True, gate: QualityGate | None = None) -> ExportResult:
     """Check the arguments, build into a staging directory, add the label map and the warmup, verify,
-    publish, prune: the sequence docs/export.md describes."""
+    pass the quality gate (if any), publish, prune: the sequence docs/export.md describes."""
     echo = echo or _silent
     if not _NAME.fullmatch(name) or name.isdigit():
         raise ExportError(f"model name {name!r} must be a plain directory name (letters, digits, _ . -; not a number)")
@@ -129,12 +139,16 @@ def _export(build: Callable[[Path], BuiltModel], repository: Path | str, name: s
         label_map = label_map_file(staged)
         label_map.parent.mkdir(exist_ok=True)
         label_map.write_text(built.label_map_text)
+        if gate is not None:
+            gate.check_classes(staged)  # a class mismatch is known now: no need to wait for the verification
         warmup = write_warmup_file(staged, name, sizes)
         signatures = check_signatures(staged)
         echo("verifying in a fresh process (plain TensorFlow)")
         verification = verify_in_subprocess(staged, built, measure_latency)
         if not verification.get("ok"):
             raise ExportError(f"verification failed, nothing published: {failed_checks(verification)}")
+        # On the verified candidate, before the rename: a refusal (an ExportError) removes the staging dir.
+        gate_result = gate(staged, echo) if gate is not None else None
         try:
             version, path = repo.publish(staged, model_dir, version)
         except repo.RepositoryError as error:
@@ -144,7 +158,7 @@ def _export(build: Callable[[Path], BuiltModel], repository: Path | str, name: s
     warmup.path = path / warmup.path.relative_to(staged)
     result = ExportResult(version=version, path=path, size_bytes=repo.directory_size(path), source=built.source,
                           signatures=signatures, input_size=built.input_size, batch_mapped=built.batch_mapped,
-                          warmup=warmup, verification=verification, notes=notes)
+                          warmup=warmup, verification=verification, notes=notes, gate=gate_result)
     if keep is not None:
         pruned = repo.prune(model_dir, keep, references)
         result.pruned, result.protected = pruned.removed, pruned.protected
@@ -167,16 +181,19 @@ def export_checkpoint(
     batching_configs: Sequence[Path] | None = None,
     echo: Echo | None = None,
     measure_latency: bool = True,
+    gate: QualityGate | None = None,
 ) -> ExportResult:
     """Export a TFOD2 checkpoint (prefix, or a directory: its latest; default: pipeline.config's directory).
 
     ``serving_configs``/``batching_configs`` default to serving/models*.config and the two batching
-    configs. Raises ExportError (nothing published) on any failure, including verification.
+    configs. ``gate`` (detserve.export.gate.prepare_gate): evaluate the verified candidate and refuse it below
+    the gate's floors. Raises ExportError (nothing published) on any failure, including verification and the gate.
     """
     pipeline = read_pipeline_config(pipeline_config)  # the one parse of this export
     checkpoint = checkpoint if checkpoint is not None else pipeline.path.parent
     builder = checkpoint_builder(pipeline, checkpoint, Path(label_map) if label_map else None, echo or _silent)
-    return _export(builder, repository, name, version, keep, serving_configs, batching_configs, echo, measure_latency)
+    return _export(builder, repository, name, version, keep, serving_configs, batching_configs, echo, measure_latency,
+                   gate)
 
 
 def adopt_saved_model(
@@ -193,6 +210,7 @@ def adopt_saved_model(
     batching_configs: Sequence[Path] | None = None,
     echo: Echo | None = None,
     measure_latency: bool = True,
+    gate: QualityGate | None = None,
 ) -> ExportResult:
     """Bring a SavedModel made by TFOD2's exporter into the repository with detserve's signatures.
 
@@ -206,4 +224,5 @@ def adopt_saved_model(
     pipeline = read_pipeline_config(config_path) if config_path else None  # the one parse of this export
     builder = saved_model_builder(saved_model, Path(label_map) if label_map else None, pipeline, signature,
                                   echo or _silent)
-    return _export(builder, repository, name, version, keep, serving_configs, batching_configs, echo, measure_latency)
+    return _export(builder, repository, name, version, keep, serving_configs, batching_configs, echo, measure_latency,
+                   gate)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from detserve.client.contract import DETECTION_SIGNATURES, PREDICT_METHOD
 
+from .gate import format_gate
 from .parity import MARGIN, MIN_TOLERANCE
 from .repository import directory_size
 from .verify import LATENCY_RUNS
@@ -43,6 +44,8 @@ def format_summary(result: ExportResult) -> str:
     lines.append(f"  warmup      {warmup.records} PredictionLog records ({', '.join(warmup.signatures)} at batch "
                  f"{', '.join(map(str, warmup.batch_sizes))}), {_megabytes(warmup.size_bytes)}")
     lines.extend(_verification_lines(result.verification))
+    if result.gate is not None:
+        lines.append(f"  quality     {format_gate(result.gate)}")
     if result.pruned or result.protected:
         kept = ", ".join(f"{v} ({'; '.join(why)})" for v, why in sorted(result.protected.items()))
         lines.append(f"  pruned      versions {', '.join(map(str, result.pruned)) or 'none'}"
