@@ -4,13 +4,18 @@ TF Serving reads the file (a TFRecord of serialized ``tensorflow.serving.Predict
 version and before serving it, running each ``predict_log.request`` through the same session real requests
 use, i.e. through the batching session when ``--enable_batching`` is on. So:
 
-- one record per signature and batch size, so every padded batch shape a server can form has run once:
-  the union of the batching configs' ``allowed_batch_sizes`` (each server pads a record of another config's
-  size up to one of its own, which is harmless);
-- but no size any server of this repository would reject: with batching on, a request larger than the
-  config's ``max_batch_size`` fails ("Task size N is larger than maximum input batch size"), a failed
-  warmup request fails the load, and one exported version is served by both the CPU and the GPU config.
-  So the union stops at the smallest ``max_batch_size`` (1-8, 12, 16, 24, 32 for serving/);
+- one record per signature and batch size, so that every batch shape a server can form has run once. The
+  shapes a config forms (:func:`formable_batch_sizes`) are its ``allowed_batch_sizes`` (a batch is padded up
+  to one of them), or every size up to the largest batch without them; with ``enable_large_batch_splitting``
+  the largest batch is ``max_execution_batch_size``, not ``max_batch_size``. A record of another config's
+  size is padded up to one of this server's sizes, which is harmless;
+- but no size any server of the repository would reject: with batching on, a request larger than the
+  config's ``max_batch_size`` fails ("Task size N is larger than maximum input batch size"; with splitting
+  that limit is still ``max_batch_size``), a failed warmup request fails the load. So with several configs
+  the sizes stop at the smallest ``max_batch_size``, and what one config forms beyond it is listed in
+  ``BatchSizes.unwarmed`` (and a note). serving/ ships a CPU config (max 32) and a GPU config (max 64): a
+  version for both is warmed to 32; export for the servers that load it (``detserve export --warmup-for
+  gpu``) and every shape is warmed;
 - at most 1000 records (TF Serving's ``kMaxNumRecords``; more fails the load);
 - small images (the graph resizes to the model's input size, so the compute path is the same).
 """
@@ -18,7 +23,7 @@ use, i.e. through the batching session when ``--enable_batching`` is on. So:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +42,8 @@ from .images import encode_image
 
 FALLBACK_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 WARMUP_IMAGE_SIZE = 64
+# One record per batch size for each of these (write_warmup_file).
+WARMUP_SIGNATURES = (DEFAULT_SIGNATURE, BYTES_SIGNATURE)
 
 
 @dataclass
@@ -44,51 +51,82 @@ class BatchSizes:
     sizes: list[int]
     sources: list[str]  # where they came from, for the summary
     notes: list[str]
+    # Per config: batch sizes it forms that are not warmed, because another config rejects requests that large.
+    unwarmed: dict[str, list[int]] = field(default_factory=dict)
 
 
-def _parse_allowed_batch_sizes(text: str, source: str) -> tuple[list[int], int | None]:
-    """``allowed_batch_sizes`` and ``max_batch_size`` of a BatchingParameters text proto."""
+def _parse_batching(text: str, source: str):
+    """A BatchingParameters text proto, parsed as TF Serving parses it."""
     from google.protobuf import text_format
 
     from detserve.serving import tfs_config
 
     try:
-        parsed = tfs_config.parse_text(text, tfs_config.BatchingParameters, source)
+        return tfs_config.parse_text(text, tfs_config.BatchingParameters, source)
     except text_format.ParseError as error:
         raise ValueError(f"cannot parse batching config {error}") from error
-    max_batch = parsed.max_batch_size.value if parsed.HasField("max_batch_size") else None
-    return [int(s) for s in parsed.allowed_batch_sizes], max_batch
+
+
+def largest_request(params) -> int:
+    """The largest request (task) a server with these BatchingParameters accepts: ``max_batch_size``."""
+    from detserve.serving.config import DEFAULT_MAX_BATCH_SIZE
+
+    return params.max_batch_size.value if params.HasField("max_batch_size") else DEFAULT_MAX_BATCH_SIZE
+
+
+def formable_batch_sizes(params) -> list[int]:
+    """Every batch size a server with these BatchingParameters runs: the padded sizes of all batches it can
+    form (``allowed_batch_sizes``, or 1..the largest batch without them). The largest batch is
+    ``max_execution_batch_size`` with ``enable_large_batch_splitting`` (default: ``max_batch_size``), as in
+    TF Serving's ``GetQueueOptions`` (servables/tensorflow/bundle_factory_util.h)."""
+    largest = largest_request(params)
+    if params.enable_large_batch_splitting.value and params.HasField("max_execution_batch_size"):
+        largest = params.max_execution_batch_size.value
+    allowed = [int(s) for s in params.allowed_batch_sizes]
+    if allowed:
+        return [s for s in allowed if s <= largest]
+    return list(range(1, largest + 1))
 
 
 def warmup_batch_sizes(batching_configs: Sequence[Path | str]) -> BatchSizes:
-    """Batch sizes any given batching config pads to, up to the smallest ``max_batch_size`` (see the module
-    docstring). A config without ``allowed_batch_sizes`` contributes powers of two up to its maximum.
+    """The batch sizes to warm for servers reading any of ``batching_configs``: every size each config forms,
+    up to the smallest ``max_batch_size`` (see the module docstring).
 
-    A missing file is skipped with a note; with no file at all, 1..32 in powers of two.
+    A missing file is skipped with a note; with no file at all, 1..32 in powers of two. Raises ValueError naming
+    the file when a config forms more sizes than a warmup file can hold.
     """
-    union: set[int] = set()
+    formed: dict[str, list[int]] = {}
     limit: int | None = None
-    sources, notes = [], []
+    notes: list[str] = []
     for path in map(Path, batching_configs):
         if not path.is_file():
             notes.append(f"batching config {path} not found; warmup batch sizes ignore it")
             continue
-        allowed, max_batch = _parse_allowed_batch_sizes(path.read_text(), str(path))
-        if not allowed:
-            allowed = [b for b in FALLBACK_BATCH_SIZES if max_batch is None or b <= max_batch]
-            notes.append(f"{path} has no allowed_batch_sizes; using {allowed}")
-        if max_batch is not None:
-            limit = max_batch if limit is None else min(limit, max_batch)
-        sources.append(str(path))
-        union.update(allowed)
-    if not sources:
+        params = _parse_batching(path.read_text(), str(path))
+        sizes = formable_batch_sizes(params)
+        room = MAX_WARMUP_RECORDS // len(WARMUP_SIGNATURES)
+        if len(sizes) > room:
+            raise ValueError(f"{path}: forms {len(sizes)} batch sizes (no allowed_batch_sizes, largest batch "
+                             f"{sizes[-1]}); a warmup file holds at most {room} per signature: set "
+                             "allowed_batch_sizes")
+        formed[str(path)] = sizes
+        request_limit = largest_request(params)
+        limit = request_limit if limit is None else min(limit, request_limit)
+    if not formed:
         notes.append(f"no batching config found; warmup batch sizes default to {list(FALLBACK_BATCH_SIZES)}")
-        union = set(FALLBACK_BATCH_SIZES)
-    sizes = sorted(b for b in union if limit is None or b <= limit)
-    if not sizes:
-        sizes = [1]
-        notes.append("no allowed batch size fits every config's max_batch_size; warming up batch 1 only")
-    return BatchSizes(sizes=sizes, sources=sources, notes=notes)
+        return BatchSizes(sizes=list(FALLBACK_BATCH_SIZES), sources=[], notes=notes)
+    union = {size for sizes in formed.values() for size in sizes}
+    warmed = sorted(size for size in union if size <= limit)
+    unwarmed = {source: [s for s in sizes if s > limit] for source, sizes in formed.items()}
+    unwarmed = {source: sizes for source, sizes in unwarmed.items() if sizes}
+    for source, sizes in unwarmed.items():
+        notes.append(f"batch sizes {sizes} of {source} not warmed: another batching config rejects requests "
+                     f"larger than {limit}; for a repository only its servers load, warm for it alone "
+                     f"(detserve export --warmup-for gpu|cpu for the shipped configs, or --batching-config {source})")
+    if not warmed:
+        warmed = [1]
+        notes.append("no formable batch size fits every config's max_batch_size; warming up batch 1 only")
+    return BatchSizes(sizes=warmed, sources=list(formed), notes=notes, unwarmed=unwarmed)
 
 
 def warmup_image() -> np.ndarray:
@@ -120,10 +158,12 @@ def write_warmup_file(version_path: Path | str, model_name: str, batch_sizes: Ba
     path.parent.mkdir(parents=True, exist_ok=True)
     records = 0
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for signature, key, make in (
-            (DEFAULT_SIGNATURE, IMAGES_INPUT, lambda b: tf.make_tensor_proto(np.repeat(image[np.newaxis], b, axis=0))),
-            (BYTES_SIGNATURE, ENCODED_INPUT, lambda b: tf.make_tensor_proto([jpeg] * b, dtype=tf.string, shape=[b])),
-        ):
+        inputs = {
+            DEFAULT_SIGNATURE: (IMAGES_INPUT, lambda b: tf.make_tensor_proto(np.repeat(image[np.newaxis], b, axis=0))),
+            BYTES_SIGNATURE: (ENCODED_INPUT, lambda b: tf.make_tensor_proto([jpeg] * b, dtype=tf.string, shape=[b])),
+        }
+        for signature in WARMUP_SIGNATURES:
+            key, make = inputs[signature]
             for batch in batch_sizes.sizes:
                 request = predict_pb2.PredictRequest()
                 request.model_spec.name = model_name
@@ -135,7 +175,7 @@ def write_warmup_file(version_path: Path | str, model_name: str, batch_sizes: Ba
     if records > MAX_WARMUP_RECORDS:
         raise ValueError(f"{records} warmup records; TF Serving refuses more than {MAX_WARMUP_RECORDS}")
     return WarmupInfo(path=path, records=records, batch_sizes=list(batch_sizes.sizes),
-                      signatures=[DEFAULT_SIGNATURE, BYTES_SIGNATURE], size_bytes=path.stat().st_size,
+                      signatures=list(WARMUP_SIGNATURES), size_bytes=path.stat().st_size,
                       notes=list(batch_sizes.notes))
 
 
