@@ -56,7 +56,8 @@ def _read_label_map(path: Path) -> dict[int, str]:
 @click.option("--pipeline-config", type=click.Path(path_type=Path),
               help="TFOD2 pipeline.config. Default: <model-dir>/pipeline.config.")
 @click.option("--model", "saved_model", type=click.Path(path_type=Path),
-              help="Exported SavedModel directory (<repository>/<name>/<version>) instead of a checkpoint; needs --data. "
+              help="Exported SavedModel directory (<repository>/<name>/<version>), or a .tflite `detserve export "
+                   "--format tflite` wrote, instead of a checkpoint; needs --data. "
                    "With --server: the served model's name (default: detector).")
 @click.option("--server", default=None, metavar="URL",
               help="Evaluate the model a TF Serving endpoint serves (grpc://host:8500, http://host:8501, grpcs://, "
@@ -183,6 +184,8 @@ def _data_and_label_map(data: Path, split: str | None, label_map: Path | None) -
 
 
 def _saved_model_setup(saved_model: Path, data: Path | None, split: str | None, label_map: Path | None, out: Path | None):
+    if saved_model.suffix == ".tflite":
+        return _tflite_setup(saved_model, data, split, label_map, out)
     if not (saved_model / "saved_model.pb").is_file():
         raise click.ClickException(f"no SavedModel at {saved_model} (missing saved_model.pb)")
     if data is None:
@@ -208,6 +211,35 @@ def _saved_model_setup(saved_model: Path, data: Path | None, split: str | None, 
     # The ids in the TFRecords are the data's label map's: the model's classes are checked against it.
     truth = data_label_map if data_label_map.is_file() else label_map
     return make_predictor, {"kind": "saved_model", "path": str(saved_model)}, pattern, label_map, out, truth
+
+
+def _tflite_setup(tflite: Path, data: Path | None, split: str | None, label_map: Path | None, out: Path | None):
+    """A .tflite with its sidecar (training.evaluation.tflite_predictor); its label map is the one beside it."""
+    from .tflite_predictor import TFLiteMetadata, TFLiteModelError, metadata_path
+
+    if not tflite.is_file():
+        raise click.ClickException(f"TFLite model not found: {tflite}")
+    if data is None or out is None:
+        raise click.UsageError("--model with a .tflite needs --data and --out")
+    try:
+        bundled = tflite.parent / TFLiteMetadata.read(metadata_path(tflite)).label_map
+    except TFLiteModelError as error:
+        raise click.ClickException(str(error)) from error
+    pattern, data_label_map = _data_and_label_map(data, split, None)
+    label_map = label_map or (bundled if bundled.is_file() else data_label_map)
+
+    def make_predictor(model_info: dict, resources: ExitStack):
+        from .tflite_predictor import tflite_predictor
+
+        try:
+            predictor = tflite_predictor(tflite)
+        except TFLiteModelError as error:
+            raise click.ClickException(str(error)) from error
+        classes = (_read_label_map(bundled), str(bundled)) if bundled.is_file() else None
+        return predictor, classes, model_info
+
+    truth = data_label_map if data_label_map.is_file() else label_map
+    return make_predictor, {"kind": "tflite", "path": str(tflite)}, pattern, label_map, out, truth
 
 
 def _checkpoint_setup(model_dir: Path | None, checkpoint: Path | None, pipeline_config: Path | None,
