@@ -110,6 +110,9 @@ def export(model_dir: Path | None, checkpoint: Path | None, pipeline_config: Pat
         raise click.UsageError("--warmup-for picks shipped batching configs; do not combine it with --batching-config")
     if not batching_configs and warmup_for != "all":
         batching_configs = tuple(default_batching_configs(warmup_for))
+        if not batching_configs:  # an install without the serving package's configs: never warm the wrong sizes
+            raise click.ClickException(f"--warmup-for {warmup_for}: the shipped batching config was not found "
+                                       "(serving/batching*.config); pass it with --batching-config")
     common = dict(version=version, keep=keep, label_map=label_map,
                   serving_configs=list(serving_configs) or None, batching_configs=list(batching_configs) or None,
                   echo=lambda message: click.echo(message, err=True))

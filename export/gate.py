@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from detserve.client.contract import DEFAULT_SIGNATURE, LABEL_MAP_FILENAME, label_map_file
 
 from .errors import ExportError
+from .labels import load_label_map
 
 if TYPE_CHECKING:  # sources imports TensorFlow; this module is cheap to import (the CLI checks a gate first)
     from .sources import Echo
@@ -108,7 +109,6 @@ def prepare_gate(data: Path | str, min_map: float | None = None, min_map50: floa
     ``split``: default ``val`` if the directory has val shards, else ``test``. Raises ExportError naming the
     path when the directory, the split's shards or the label map are missing, before anything is built.
     """
-    from detserve.training.data.label_map import LabelMapError, read_label_map
     from detserve.training.evaluation.evaluate import data_pattern
 
     if min_map is None and min_map50 is None:
@@ -127,12 +127,7 @@ def prepare_gate(data: Path | str, min_map: float | None = None, min_map50: floa
     elif not _shards(data, split):
         raise ExportError(f"quality gate data {data} has no {split!r} shards: nothing matches {data_pattern(data, split)}")
     label_map_path = data / LABEL_MAP_FILENAME
-    if not label_map_path.is_file():
-        raise ExportError(f"label map not found: {label_map_path} (the gate checks the model's classes against it)")
-    try:
-        label_map = read_label_map(label_map_path)
-    except LabelMapError as error:
-        raise ExportError(str(error)) from error
+    label_map, _ = load_label_map(label_map_path, None)
     return QualityGate(data=data, split=split, pattern=data_pattern(data, split), label_map_path=label_map_path,
                        label_map=label_map, min_map=min_map, min_map50=min_map50)
 

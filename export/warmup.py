@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +40,9 @@ from detserve.client.contract import (  # noqa: F401  (WARMUP_FILENAME re-export
 )
 
 from .images import encode_image
+
+if TYPE_CHECKING:  # tfs_config loads TF Serving's protos: imported where it parses
+    from detserve.serving.tfs_config import BatchingParameters
 
 FALLBACK_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 WARMUP_IMAGE_SIZE = 64
@@ -55,7 +59,7 @@ class BatchSizes:
     unwarmed: dict[str, list[int]] = field(default_factory=dict)
 
 
-def _parse_batching(text: str, source: str):
+def _parse_batching(text: str, source: str) -> BatchingParameters:
     """A BatchingParameters text proto, parsed as TF Serving parses it."""
     from google.protobuf import text_format
 
@@ -67,14 +71,14 @@ def _parse_batching(text: str, source: str):
         raise ValueError(f"cannot parse batching config {error}") from error
 
 
-def largest_request(params) -> int:
+def largest_request(params: BatchingParameters) -> int:
     """The largest request (task) a server with these BatchingParameters accepts: ``max_batch_size``."""
     from detserve.serving.config import DEFAULT_MAX_BATCH_SIZE
 
     return params.max_batch_size.value if params.HasField("max_batch_size") else DEFAULT_MAX_BATCH_SIZE
 
 
-def formable_batch_sizes(params) -> list[int]:
+def formable_batch_sizes(params: BatchingParameters) -> list[int]:
     """Every batch size a server with these BatchingParameters runs: the padded sizes of all batches it can
     form (``allowed_batch_sizes``, or 1..the largest batch without them). The largest batch is
     ``max_execution_batch_size`` with ``enable_large_batch_splitting`` (default: ``max_batch_size``), as in

@@ -26,6 +26,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tensorflow_serving.config import model_server_config_pb2
+
 from detserve.serving import tfs_config
 
 SERVING_DIR = Path(__file__).resolve().parent.parent / "serving"
@@ -105,7 +107,7 @@ def canary_text(rollout: Rollout) -> str:
     return f"{_CANARY_HEADER}model_config_list {{\n{release}{candidate}}}\n"
 
 
-def _pinned(model, path: Path) -> int:
+def _pinned(model: model_server_config_pb2.ModelConfig, path: Path) -> int:
     versions = list(model.model_version_policy.specific.versions)
     if model.model_version_policy.WhichOneof("policy_choice") != "specific" or len(versions) != 1:
         raise RolloutError(f"{path}: model {model.name} must pin exactly one version (`specific`), found "
@@ -138,9 +140,10 @@ def read(serving_dir: Path = SERVING_DIR) -> Rollout:
 
 
 def write(rollout: Rollout, serving_dir: Path = SERVING_DIR) -> None:
-    for value, what in ((rollout.stable, "release"), (rollout.canary, "canary")):
+    for value, what in ((rollout.stable, RELEASE_FILE), (rollout.canary, CANARY_FILE)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise RolloutError(f"{what} version {value!r}: TF Serving versions are positive integers")
+            raise RolloutError(f"{serving_dir / what}: version {value!r} is not a TF Serving version (a positive "
+                               "integer); nothing written")
     (serving_dir / RELEASE_FILE).write_text(release_text(rollout), encoding="utf-8")
     if rollout.canary is not None:
         (serving_dir / CANARY_FILE).write_text(canary_text(rollout), encoding="utf-8")
@@ -173,11 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     except (RolloutError, OSError) as exc:
         print(f"k8s.rollout: {exc}", file=sys.stderr)
         return 2
-    print(f"{updated.name}: release {updated.stable} (label {STABLE_LABEL}); "
-          f"canary {updated.canary_name} -> {updated.canary}")
+    candidate = f"canary {updated.canary_name} -> {updated.canary}" if updated.canary is not None else "no canary"
+    print(f"{updated.name}: release {updated.stable} (label {STABLE_LABEL}); {candidate}")
     if updated != current:
         overlay = "canary" if args.command == "canary" else "gpu"
-        print(f"wrote {args.serving_dir / RELEASE_FILE} and {CANARY_FILE}; apply: kubectl apply -k k8s/overlays/{overlay}")
+        written = RELEASE_FILE + (f" and {CANARY_FILE}" if updated.canary is not None else "")
+        print(f"wrote {written} in {args.serving_dir}; apply: kubectl apply -k k8s/overlays/{overlay}")
     return 0
 
 

@@ -55,7 +55,7 @@ class HealthService:
     def set_not_serving(self) -> None:
         self._status = dict.fromkeys(self._status, NOT_SERVING)
 
-    async def check(self, request, context):
+    async def check(self, request, context: grpc.aio.ServicerContext):
         status = self._status.get(request.service)
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"service {request.service!r} is not registered "

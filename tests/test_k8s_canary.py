@@ -76,6 +76,9 @@ def serve(objects: list[dict], on_disk: set[int]) -> Served:
     for model in tfs_config.model_configs(config):
         # Every model of this kit lives under /models/<name>; the canary design may share one base_path.
         versions[model.name] = VersionPolicy.from_model_config(model).aspired(on_disk)
+        # ServerCore waits for every model of the initial config (WaitUntilModelsAvailable) before it serves.
+        if not versions[model.name]:
+            error = f"model {model.name} has no version on disk to load"
         if model.version_labels and not allow:
             error = f"labels of {model.name} need --allow_version_labels_for_unavailable_models"
         labels[model.name] = dict(model.version_labels)
@@ -98,8 +101,8 @@ def test_shipped_rollout_has_a_candidate_above_the_release():
 
 
 def test_rendered_overlays_serve_the_configs_they_name(rendered):
-    for target in ("overlays/gpu", "overlays/cpu", "overlays/canary"):
-        served = serve(rendered[target], set(range(1, N + 1)))
+    for target, on_disk in (("overlays/gpu", N), ("overlays/cpu", N), ("overlays/canary", CANDIDATE)):
+        served = serve(rendered[target], set(range(1, on_disk + 1)))
         assert served.startup_error is None, (target, served.startup_error)
         assert served.reach("detector") == N, target
 
@@ -112,6 +115,12 @@ def test_unversioned_clients_never_change_version_because_of_a_canary(rendered):
 def test_stable_label_works_in_every_overlay(rendered):
     for target in ("overlays/gpu", "overlays/cpu", "overlays/canary"):
         assert serve(rendered[target], set(range(1, CANDIDATE + 1))).reach("detector", label="stable") == N, target
+
+
+def test_a_canary_without_its_candidate_on_disk_never_starts(rendered):
+    # The new Pods never become ready, so the rolling update keeps the old ones: the canary cannot serve a hole.
+    served = serve(rendered["overlays/canary"], set(range(1, N + 1)))
+    assert served.reach("detector") == "server down: model detector-canary has no version on disk to load"
 
 
 def test_only_clients_that_name_the_canary_model_reach_the_candidate(rendered):
@@ -140,6 +149,13 @@ def test_promotion_moves_every_client_to_the_candidate(copy_root):
     assert report.errors == []
     gpu = serve(report.rendered["overlays/gpu"], set(range(1, CANDIDATE + 1)))
     assert (gpu.reach("detector"), gpu.reach("detector", label="stable")) == (CANDIDATE, CANDIDATE)
+    assert gpu.reach("detector", version=N) == f"NOT_FOUND: version {N} of detector"
+    assert gpu.reach("detector-canary") == "NOT_FOUND: model detector-canary"
+    # The next candidate goes through the same cycle beside the new release.
+    assert rollout.main(["--serving-dir", str(copy_root / "serving"), "canary", str(CANDIDATE + 1)]) == 0
+    report = validate(copy_root, VERSION, KUBECTL, run_lint=False, only=("overlays/canary",))
+    during = serve(report.rendered["overlays/canary"], set(range(1, CANDIDATE + 2)))
+    assert (during.reach("detector"), during.reach("detector-canary")) == (CANDIDATE, CANDIDATE + 1)
     # Rolling back a promotion is a release of the previous version: everyone is on N again.
     assert rollout.main(["--serving-dir", str(copy_root / "serving"), "release", str(N)]) == 0
     report = validate(copy_root, VERSION, KUBECTL, run_lint=False, only=("overlays/gpu",))

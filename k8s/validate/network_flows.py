@@ -20,7 +20,7 @@ from .objects import (
     pod_template,
     resolve_env,
     resolve_port,
-    selector_matches,
+    service_selects,
 )
 from .tf_serving import tfs_flags
 
@@ -134,7 +134,7 @@ def _service_calls(
         address = re.compile(rf"(?<![\w.-]){re.escape(name)}(?:\.[\w.-]+)?:(\d+)")
         spec = svc.get("spec") or {}
         targets = [
-            (o, e) for o, e in endpoints if selector_matches({"matchLabels": spec.get("selector")}, e.labels)
+            (o, e) for o, e in endpoints if service_selects(svc, e.labels)
         ]
         for obj, source in endpoints:
             for container in _containers(obj):

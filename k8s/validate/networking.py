@@ -13,6 +13,7 @@ from .objects import (
     pod_template,
     resolve_port,
     selector_matches,
+    service_selects,
     template_labels,
 )
 
@@ -114,7 +115,7 @@ def check_isolation(objects: list[dict]) -> Iterator[str]:
         served = [
             s
             for s in services
-            if selector_matches({"matchLabels": (s.get("spec") or {}).get("selector")}, endpoint.labels)
+            if service_selects(s, endpoint.labels)
         ]
         if served:
             yield from _service_ports_admitted(obj, endpoint, served, policies)
@@ -128,7 +129,7 @@ def check_isolation(objects: list[dict]) -> Iterator[str]:
                     )
 
 
-def _service_ports_admitted(obj: dict, endpoint, services: list[dict], policies: list[dict]) -> Iterator[str]:
+def _service_ports_admitted(obj: dict, endpoint: netpol.Endpoint, services: list[dict], policies: list[dict]) -> Iterator[str]:
     """Every port a Service sends to must be admitted from some peer, or the Service answers no one."""
     containers = ((pod_template(obj) or {}).get("spec") or {}).get("containers") or []
     for svc in services:

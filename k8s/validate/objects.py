@@ -40,6 +40,12 @@ def template_labels(template: dict) -> dict | None:
     return (template.get("metadata") or {}).get("labels")
 
 
+def service_selects(service: dict, labels: dict | None) -> bool:
+    """A Service's spec.selector (plain labels) against a Pod's labels; a Service without one selects no Pod."""
+    selector = (service.get("spec") or {}).get("selector")
+    return bool(selector) and selector_matches({"matchLabels": selector}, labels)
+
+
 def selector_matches(selector: dict | None, labels: dict | None) -> bool:
     """matchLabels and matchExpressions (In, NotIn, Exists, DoesNotExist) against a label set."""
     if not selector:

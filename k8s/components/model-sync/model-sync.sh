@@ -30,10 +30,11 @@ while :; do
   # Re-read each loop: a release normally rolls the Pods, but a ConfigMap updated in place is seen too.
   # shellcheck disable=SC2086  # PINNED_CONFIGS is a list of paths
   pinned="$(cat $PINNED_CONFIGS 2>/dev/null | sed -n 's/^[[:space:]]*versions:[[:space:]]*\([0-9][0-9]*\).*/\1/p' \
-    | sort -un || true)"
+    | sort -un | tr '\n' ' ' || true)"
   versions="$(printf '%s\n' "$listing" | tr -d / | grep -E '^[0-9]+$' | sort -n || true)"
   # The newest KEEP_VERSIONS of the bucket and the pinned ones: anything else would be pruned right after copying.
-  wanted="$( { printf '%s\n' "$versions" | tail -n "$KEEP_VERSIONS"; printf '%s\n' "$pinned"; } \
+  # shellcheck disable=SC2086  # one pinned version per line
+  wanted="$( { printf '%s\n' "$versions" | tail -n "$KEEP_VERSIONS"; printf '%s\n' $pinned; } \
     | grep -E '^[0-9]+$' | sort -un || true)"
   for version in $wanted; do
     # A pinned version that is not in the bucket (yet) cannot be copied; TF Serving waits for it.
@@ -51,8 +52,9 @@ while :; do
   # server serves or is still loading (with models.config's latest policy, it has already unloaded anything older).
   # Rename out of sight first (not a number: TF Serving ignores it), then delete.
   for version in $(ls "$dest" | grep -E '^[0-9]+$' | sort -n \
-      | awk -v keep="$KEEP_VERSIONS" '{ v[NR] = $0 } END { for (i = 1; i <= NR - keep; i++) print v[i] }' \
-      | grep -vFx -e "$pinned" || true); do
+      | awk -v keep="$KEEP_VERSIONS" '{ v[NR] = $0 } END { for (i = 1; i <= NR - keep; i++) print v[i] }'); do
+    # A plain word match, the same in busybox and GNU userlands (the rclone image is Alpine's busybox).
+    case " $pinned " in *" $version "*) continue ;; esac
     mv "$dest/$version" "$dest/.prune-$version"
     rm -rf "$dest/.prune-$version"
     echo "model-sync: pruned version $version of $MODEL_NAME (keeping the newest $KEEP_VERSIONS and the pinned)"
