@@ -1,8 +1,9 @@
 """Conformance: one `detserve serve` process, driven with the official tensorflow_serving.apis gRPC stubs and with
 the REST requests of TF Serving's REST API guide (status, metadata, row/columnar predict, b64, errors).
 
-The server runs the production configs: serving/models.canary.config (detector versions 1 and 2, labels stable
-and canary), extended with the guide's example models, serving/batching.config and serving/monitoring.config.
+The server runs detector versions 1 and 2 pinned under the labels stable and canary (TF Serving's label rules,
+beyond the one label of serving/models.release.config), the guide's example models, and the production
+serving/batching.config and serving/monitoring.config.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -33,11 +33,11 @@ from tensorflow_serving.apis import (
 )
 
 from detserve.serving import config as cfg
+from detserve.serving import tfs_config
 from detserve.serving.tensors import make_tensor_proto
 
 pytestmark = pytest.mark.timeout(300)
 
-SERVING = Path(__file__).resolve().parents[1] / "serving"
 
 MAX_PIXELS = 256 * 256
 MAX_MESSAGE = 4 * 1024 * 1024
@@ -54,10 +54,22 @@ def repository(tmp_path_factory):
     return repo
 
 
+LABELLED_DETECTOR = """
+model_config_list {
+  config {
+    name: "detector" base_path: "/models/detector" model_platform: "tensorflow"
+    model_version_policy { specific { versions: 1 versions: 2 } }
+    version_labels { key: "stable" value: 1 }
+    version_labels { key: "canary" value: 2 }
+  }
+}
+"""
+
+
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
-    """The production canary config plus the REST guide's models, all under the container's /models."""
-    config = cfg.load_model_server_config(SERVING / "models.canary.config")
+    """detector 1 and 2 under two labels plus the REST guide's models, all under the container's /models."""
+    config = text_format.Parse(LABELLED_DETECTOR, tfs_config.ModelServerConfig())
     for name in ("half_plus_three", "three_inputs"):
         model = config.model_config_list.config.add(name=name, base_path=f"/models/{name}", model_platform="tensorflow")
         assert model.name == name
@@ -70,7 +82,7 @@ def config_file(tmp_path_factory):
 def server(repository, config_file):
     process = ServerProcess([
         "--repository", str(repository), "--model-config-file", str(config_file),
-        "--allow-version-labels-for-unavailable-models",  # the canary config's labels, as its overlay does
+        "--allow-version-labels-for-unavailable-models",  # labels in a starting server, as k8s/base does
         "--max-image-pixels", str(MAX_PIXELS), "--max-message-bytes", str(MAX_MESSAGE),
         "--tensorflow-inter-op-parallelism", "4",
     ])
