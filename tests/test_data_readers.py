@@ -471,7 +471,9 @@ def test_split_counts_keep_every_split_non_empty():
     assert split_counts(2, (0.8, 0.1, 0.1)) == [2, 0, 0]  # not enough images: as the fractions say
     assert split_counts(10, (0.9, 0.1, 0.0)) == [9, 1, 0]
     assert parse_fractions("0.9,0.1") == (0.9, 0.1, 0.0)
-    for bad in ("0.5,0.1,0.1", "a,b,c", "0,0.5,0.5", "0.8,0.3,-0.1"):
+    assert parse_fractions("0,0,1") == (0.0, 0.0, 1.0)  # a held-out test set converted on its own
+    assert split_counts(3, (0.0, 0.0, 1.0)) == [0, 0, 3]
+    for bad in ("0.5,0.1,0.1", "a,b,c", "0,0,0", "0.8,0.3,-0.1", "0.5,0.5,nan"):
         with pytest.raises(ValueError):
             parse_fractions(bad)
 

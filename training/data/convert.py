@@ -1,10 +1,11 @@
-"""The data pipeline: read -> validate -> map classes -> split -> TFRecord shards + label map + metadata.
+"""The data pipeline: read -> validate -> map classes -> split (the dataset's own, or seeded) -> TFRecord
+shards + label map + metadata.
 
 Output (``out_dir``)::
 
     train-00000-of-0000N.tfrecord ...   TFOD2 tf.Examples (also val-*, test-*; an empty split has no shards)
-    label_map.pbtxt                     ids 1..N in class order
-    dataset.json                        counts per split and class, seed, fractions, source, class map
+    label_map.pbtxt                     ids 1..N in class order, or an existing label map's (``label_map``)
+    dataset.json                        counts per split and class, split source, seed, fractions, source, class map
     splits.json                         image keys (file names) per split
     report.json                         every validation problem
 
@@ -28,18 +29,16 @@ from typing import Any
 from tqdm import tqdm
 
 from .class_map import ClassMap, apply_class_map, load_class_map
-from .coco import read_coco
 from .images import ImageInfo, encode_image
-from .label_map import write_label_map
+from .label_map import LabelMapError, read_label_map, write_label_map, write_label_map_ids
+from .own_split import OwnSplit, own_split_records
 from .records import Dataset, ImageRecord
 from .report import SKIPPED_IMAGE, SKIPPED_OBJECT, DatasetFormatError, ValidationReport
+from .sources import OWN_SPLIT_WHERE, PathList, read_dataset
 from .split import DEFAULT_FRACTIONS, SPLITS, check_fractions, split_records
 from .tfrecord import make_example, write_shards
 from .validate import BOX_TOLERANCE_PX, restrict_classes, validate_dataset
-from .voc import read_voc
-from .yolo import read_yolo
 
-FORMATS = ("voc", "coco", "yolo")
 IMAGES_PER_SHARD = 1000  # automatic shard count: one shard per this many images
 
 
@@ -56,25 +55,6 @@ class ConversionResult:
     report: ValidationReport
 
 
-def _read_dataset(fmt: str, report: ValidationReport, annotations: Path | str | None, images: Path | str | None,
-                  names: Path | str | None) -> Dataset:
-    """Dispatch to the reader of ``fmt``: voc (annotations dir, images optional), coco (annotations json,
-    images optional), yolo (images dir, names file, annotations = labels dir optional)."""
-    if fmt == "voc":
-        if annotations is None:
-            raise DatasetFormatError("voc needs the annotations directory")
-        return read_voc(annotations, images, report)
-    if fmt == "coco":
-        if annotations is None:
-            raise DatasetFormatError("coco needs the annotations json")
-        return read_coco(annotations, images, report)
-    if fmt == "yolo":
-        if images is None or names is None:
-            raise DatasetFormatError("yolo needs the images directory and the names file")
-        return read_yolo(images, annotations, names, report)
-    raise DatasetFormatError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-
-
 def _count_objects(dataset: Dataset) -> int:
     return sum(len(r.objects) for r in dataset.records)
 
@@ -83,18 +63,20 @@ def load_dataset(
     fmt: str,
     report: ValidationReport,
     *,
-    annotations: Path | str | None = None,
-    images: Path | str | None = None,
+    annotations: PathList | None = None,
+    images: PathList | None = None,
     names: Path | str | None = None,
     class_map: ClassMap | str | Path | None = None,
     classes: Sequence[str] | None = None,
     box_tolerance: float = BOX_TOLERANCE_PX,
     progress: bool = False,
-) -> tuple[Dataset, dict[str, ImageInfo], dict[str, int]]:
+    own_requested: bool = False,
+) -> tuple[Dataset, dict[str, ImageInfo], dict[str, int], OwnSplit | None]:
     """Read, validate, map and restrict classes. Returns the dataset ready to write, each image's info
-    by key, and the objects dropped by the class map per source class. Problems go to ``report``."""
+    by key, the objects dropped by the class map per source class, and the dataset's own split (None
+    when it declares none). Problems go to ``report``."""
     first = len(report.problems)
-    raw = _read_dataset(fmt, report, annotations, images, names)
+    raw, own = read_dataset(fmt, report, annotations, images, names, own_requested)
     # What the annotations listed = what the reader kept + what it had to skip.
     reader_skips = Counter(p.action for p in report.problems[first:])
     dataset, infos = validate_dataset(raw, report, box_tolerance=box_tolerance, progress=progress)
@@ -113,7 +95,30 @@ def load_dataset(
         objects_kept=_count_objects(dataset),
         objects_dropped_by_class_map=sum(dropped.values()),
     )
-    return dataset, infos, dropped
+    return dataset, infos, dropped, own
+
+
+def _read_fixed_label_map(label_map: Path) -> dict[int, str]:
+    """An existing label map whose ids the conversion keeps (checked before the slow part)."""
+    if not label_map.is_file():
+        raise DatasetFormatError(f"--label-map {label_map}: file not found")
+    try:
+        id_to_name = read_label_map(label_map)
+    except LabelMapError as e:
+        raise DatasetFormatError(f"--label-map: {e}") from e
+    names = list(id_to_name.values())
+    if len(set(names)) != len(names):
+        raise DatasetFormatError(f"--label-map {label_map}: a class name has two ids: {names}")
+    return id_to_name
+
+
+def _check_fixed_ids(id_to_name: dict[int, str], label_map: Path, records: list[ImageRecord]) -> None:
+    """Every class with a box must have an id in the label map; its other classes are fine."""
+    names = list(id_to_name.values())
+    missing = [c for c in dict.fromkeys(o.label for r in records for o in r.objects) if c not in names]
+    if missing:
+        raise DatasetFormatError(f"{label_map} has no id for class(es) {', '.join(missing)} found in the data "
+                                 f"(it has {', '.join(names)}); add them to it, or rename or drop them with --class-map")
 
 
 def _shard_count(num_images: int, num_shards: int | None) -> int:
@@ -167,10 +172,12 @@ def convert_dataset(
     fmt: str,
     out_dir: Path | str,
     *,
-    annotations: Path | str | None = None,
-    images: Path | str | None = None,
+    annotations: PathList | None = None,
+    images: PathList | None = None,
     names: Path | str | None = None,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    fractions: Sequence[float] | None = None,
+    own_split: bool = False,
+    label_map: Path | str | None = None,
     seed: int = 0,
     class_map: ClassMap | str | Path | None = None,
     classes: Sequence[str] | None = None,
@@ -183,6 +190,10 @@ def convert_dataset(
 ) -> ConversionResult:
     """Convert a VOC / COCO / YOLO dataset into TFOD2 TFRecords (see the module docstring for the layout).
 
+    Split: ``fractions`` re-split every image (seeded); without them the dataset's own split is kept when
+    it declares one (VOC ImageSets/Main lists, several COCO jsons, YOLO list files or data.yaml entries),
+    else the default fractions are used. ``own_split``: require the dataset's own split. ``label_map``: an
+    existing label_map.pbtxt whose ids (all of them) the output keeps; every class with a box must be in it.
     ``class_map``: a ClassMap, a ``src=dst,...`` spec or a YAML path. ``classes``: the final class list
     and label-map order (objects of other classes are skipped and reported). ``num_shards``: shards per
     split (at most one per image; default one per 1000 images). ``strict``: raise DataValidationError,
@@ -190,58 +201,78 @@ def convert_dataset(
     ``out_dir`` is replaced if it holds a previous conversion; anything else needs ``overwrite``.
     Raises DatasetFormatError when the input cannot be read at all or nothing usable is left.
     """
-    fractions = check_fractions(fractions)
+    if fractions is not None:
+        if own_split:
+            raise ValueError("give fractions or own_split, not both")
+        fractions = check_fractions(fractions)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
     if isinstance(class_map, str | Path):
         class_map = load_class_map(class_map)  # bad specs fail before the slow part
+    id_to_name = _read_fixed_label_map(Path(label_map)) if label_map is not None else None
 
     report = ValidationReport()
-    dataset, infos, dropped = load_dataset(
+    dataset, infos, dropped, own = load_dataset(
         fmt, report, annotations=annotations, images=images, names=names, class_map=class_map,
-        classes=classes, box_tolerance=box_tolerance, progress=progress,
+        classes=classes, box_tolerance=box_tolerance, progress=progress, own_requested=own_split,
     )
+    if own_split and own is None:
+        raise DatasetFormatError(f"--split own: the {fmt} dataset declares no split ({OWN_SPLIT_WHERE[fmt]})")
+    if fractions is None and own is not None:
+        splits = own_split_records(dataset.records, own, report)  # images in no split are reported here
+        split_source = f"own: {own.source}"
+    else:
+        fractions = DEFAULT_FRACTIONS if fractions is None else fractions
+        splits = split_records(dataset.records, fractions, seed)
+        split_source = f"seeded: {','.join(f'{f:g}' for f in fractions)} with seed {seed}"
+    records = [r for s in SPLITS for r in splits[s]]
+    report.stats.update(images_kept=len(records), objects_kept=_count_objects(Dataset(records, [])))
     if echo is not None:
         echo(report.summary())
     if strict:
         report.check_strict()
-    if not dataset.records:
+    if not records:
         raise DatasetFormatError("no usable images left after validation")
-    if not dataset.class_names:
+    if id_to_name is not None:
+        _check_fixed_ids(id_to_name, Path(label_map), records)  # type: ignore[arg-type]
+    if not dataset.class_names and id_to_name is None:
         raise DatasetFormatError("no classes: the dataset has no objects and no class list was given")
+    class_names = list(id_to_name.values()) if id_to_name is not None else list(dataset.class_names)
 
-    splits = split_records(dataset.records, fractions, seed)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     tmp.chmod(0o755)  # mkdtemp makes it 0700; the result is an ordinary shared data directory
     try:
-        id_to_name = write_label_map(dataset.class_names, tmp / "label_map.pbtxt")
+        label_map_path = tmp / "label_map.pbtxt"
+        id_to_name = (write_label_map(class_names, label_map_path) if id_to_name is None
+                      else write_label_map_ids(id_to_name, label_map_path))
         label_to_id = {name: i for i, name in id_to_name.items()}
         shards: dict[str, list[Path]] = {}
-        with tqdm(total=len(dataset.records), desc="write", unit="img", disable=not progress) as bar:
+        with tqdm(total=len(records), desc="write", unit="img", disable=not progress) as bar:
             for split in SPLITS:
-                records = splits[split]
-                if not records:
+                if not splits[split]:
                     shards[split] = []
                     continue
-                paths = write_shards(_examples(records, infos, label_to_id, bar), tmp, split,
-                                     _shard_count(len(records), num_shards))
+                paths = write_shards(_examples(splits[split], infos, label_to_id, bar), tmp, split,
+                                     _shard_count(len(splits[split]), num_shards))
                 shards[split] = [out_dir / p.name for p in paths]
 
         metadata = {
             "format": fmt,
             "source": {"annotations": _str(annotations), "images": _str(images), "names": _str(names)},
+            "split_source": split_source,
             "seed": seed,
-            "fractions": dict(zip(SPLITS, fractions, strict=True)),
+            "fractions": None if fractions is None else dict(zip(SPLITS, fractions, strict=True)),
             "class_map": dict(class_map.mapping) if isinstance(class_map, ClassMap) else None,
-            "classes": list(dataset.class_names),
+            "classes": class_names,
             "label_map": {str(i): n for i, n in id_to_name.items()},
+            "label_map_source": _str(label_map),
             "splits": {
-                split: {**_split_stats(splits[split], dataset.class_names),
+                split: {**_split_stats(splits[split], class_names),
                         "shards": [p.name for p in shards[split]]}
                 for split in SPLITS
             },
-            "total": _split_stats(dataset.records, dataset.class_names),
+            "total": _split_stats(records, class_names),
             "dropped_by_class_map": dropped,
             "problems": report.counts(),
         }
@@ -258,15 +289,22 @@ def convert_dataset(
 
     if echo is not None:
         echo(_written_summary(out_dir, metadata))
-    return ConversionResult(out_dir, list(dataset.class_names), shards, metadata, report)
+    return ConversionResult(out_dir, class_names, shards, metadata, report)
 
 
-def _str(path: Path | str | None) -> str | None:
-    return None if path is None else str(path)
+def _str(path: PathList | None) -> str | None:
+    if path is None:
+        return None
+    return str(path) if isinstance(path, Path | str) else ",".join(str(p) for p in path)
 
 
 def _written_summary(out_dir: Path, metadata: dict[str, Any]) -> str:
-    lines = [f"Wrote {out_dir} (classes: {', '.join(metadata['classes'])})"]
+    lines = [f"Wrote {out_dir} (classes: {', '.join(metadata['classes'])})", f"  split {metadata['split_source']}"]
+    if metadata["label_map_source"]:
+        ids = [int(i) for i in metadata["label_map"]]
+        gaps = " (ids with gaps: fine for evaluation; detserve train expects 1..N)" if ids != list(
+            range(1, len(ids) + 1)) else ""
+        lines.append(f"  label-map ids from {metadata['label_map_source']}{gaps}")
     for split, stats in metadata["splits"].items():
         boxes = ", ".join(f"{c} {n}" for c, n in stats["boxes"].items())
         lines.append(f"  {split}: {stats['images']} images, {len(stats['shards'])} shard(s); boxes: {boxes}")

@@ -24,7 +24,12 @@ def write_label_map(class_names: list[str], path: Path | str) -> dict[int, str]:
     """Write ``class_names`` with ids 1..N (0 is TFOD2's background). Returns {id: name}."""
     if len(set(class_names)) != len(class_names):
         raise LabelMapError(f"duplicate class names in {class_names}")
-    id_to_name = {index + LABEL_ID_OFFSET: name for index, name in enumerate(class_names)}
+    return write_label_map_ids({index + LABEL_ID_OFFSET: name for index, name in enumerate(class_names)}, path)
+
+
+def write_label_map_ids(id_to_name: Mapping[int, str], path: Path | str) -> dict[int, str]:
+    """Write a label map with the given ids (e.g. an existing label map's, kept across conversions)."""
+    id_to_name = dict(sorted(id_to_name.items()))
     text = "".join(f"item {{\n  id: {i}\n  name: '{name}'\n}}\n" for i, name in id_to_name.items())
     Path(path).write_text(text)
     return id_to_name

@@ -31,8 +31,9 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     if len(fractions) != 3:
         raise ValueError(f"split {list(fractions)}: expected train,val,test fractions")
-    if any(not math.isfinite(f) or f < 0 for f in fractions) or fractions[0] <= 0:
-        raise ValueError(f"split {list(fractions)}: fractions must be >= 0 and train > 0")
+    # train may be 0: a held-out test (or val) set is converted on its own (--split 0,0,1).
+    if any(not math.isfinite(f) or f < 0 for f in fractions):
+        raise ValueError(f"split {list(fractions)}: fractions must be >= 0")
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"split {list(fractions)}: fractions must sum to 1 (they sum to {sum(fractions):g})")
     return (float(fractions[0]), float(fractions[1]), float(fractions[2]))
