@@ -19,6 +19,7 @@ from detserve.training.data.label_map import write_label_map
 from detserve.training.data.records import BoxObject, ImageRecord
 from detserve.training.data.tfrecord import EncodedImage, make_example, write_shards
 from detserve.training.evaluation.cli import evaluate as evaluate_command
+from detserve.training.evaluation.confusion import CONFUSION_FILENAME
 from detserve.training.evaluation.evaluate import GRID_FILENAME, evaluate, unbatch_detections
 from detserve.training.evaluation.predictors import checkpoint_predictor, saved_model_predictor
 from detserve.training.evaluation.report import METRICS_FILENAME, read_metrics_json
@@ -107,6 +108,28 @@ def test_evaluate_perfect_predictor_writes_metrics_and_pngs(tmp_path):
             assert image.format == "PNG" and image.size == (600, 450)
     with Image.open(out / GRID_FILENAME) as image:
         assert image.size == (1200, 800)  # 4 images: 3 columns, 2 rows of 400 px
+    # Every object found with its own class: only the diagonal of the confusion matrix is filled.
+    assert document["confusion_matrix"]["labels"] == [*CLASSES, "background"]
+    assert document["confusion_matrix"]["counts"] == [[4, 0, 0], [0, 2, 0], [0, 0, 0]]
+    assert document["files"]["confusion_matrix"] == CONFUSION_FILENAME
+    with Image.open(out / CONFUSION_FILENAME) as image:
+        assert image.format == "PNG"
+
+
+def test_evaluate_counts_confusions_from_the_same_predictions(tmp_path):
+    records = write_dataset(tmp_path / "data")
+    perfect = perfect_predictor(records)
+
+    def without_mask_called_with_mask(images: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = perfect(images)
+        return {**outputs, "detection_classes": np.ones_like(outputs["detection_classes"])}
+
+    evaluate(without_mask_called_with_mask, tmp_path / "data", {1: "with_mask", 2: "without_mask"},
+             tmp_path / "eval", progress=False)
+    document = read_metrics_json(tmp_path / "eval" / METRICS_FILENAME)
+    # The two small without_mask faces are found, as with_mask: two confusions, nothing missed.
+    assert document["confusion_matrix"]["counts"] == [[4, 0, 0], [2, 0, 0], [0, 0, 0]]
+    assert document["confusion_matrix"]["score_threshold"] == document["grid_score_threshold"]
 
 
 def test_evaluate_max_images_and_glob(tmp_path, data_dir):

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..options import TrainingOptions
 from .coco_metrics import CocoEvaluator, CocoResult
+from .confusion import CONFUSION_FILENAME, ConfusionMatrix, plot_confusion_matrix
 from .plots import GridSample, plot_detection_grid, plot_pr_curve, safe_filename
 from .predictors import Batched, Predictor, batched
 from .report import METRICS_FILENAME, metrics_document, write_metrics_json
@@ -19,7 +20,7 @@ GRID_FILENAME = "detections_grid.png"
 # `detserve evaluate`'s defaults too (its options read them here).
 DEFAULT_SPLIT = TrainingOptions.eval_split  # the split pipeline.config evaluates
 GRID_IMAGES = 9
-SCORE_THRESHOLD = 0.3  # the lowest score drawn in the grid
+SCORE_THRESHOLD = 0.3  # the lowest score drawn in the grid and counted in the confusion matrix
 PR_CURVE_FILENAME = "pr_curve_{}.png"
 
 
@@ -67,8 +68,10 @@ def evaluate(
     ``batch_size`` examples at a time.
     ``data`` is a directory (its ``<split>-?????-of-?????.tfrecord`` shards are read) or a glob.
     Writes into ``out_dir``: ``metrics.json`` (with ``model_info`` as the model's identity), one
-    ``pr_curve_<class>.png`` per class and ``detections_grid.png`` with the first ``grid_images``
-    images (predictions drawn from ``score_threshold``; the metrics use every detection).
+    ``pr_curve_<class>.png`` per class, ``detections_grid.png`` with the first ``grid_images``
+    images (predictions drawn from ``score_threshold``; the COCO metrics use every detection) and
+    ``confusion_matrix.png`` (classes + background at IoU 0.5, detections from ``score_threshold``; its
+    counts are in metrics.json too).
     Returns the metrics with TFOD2's names (see coco_metrics); print them with report.format_table.
     """
     from tqdm import tqdm
@@ -78,6 +81,7 @@ def evaluate(
     pattern = data_pattern(data, split)
     out_dir = Path(out_dir)
     evaluator = CocoEvaluator(label_map, ignore_difficult=ignore_difficult)
+    confusion = ConfusionMatrix(label_map, score_threshold)
     samples: list[GridSample] = []
     examples = read_examples(pattern)  # raises FileNotFoundError naming the pattern
     if max_images is not None:
@@ -91,13 +95,14 @@ def evaluate(
                 height, width = example.image.shape[:2]
                 evaluator.add_image(height, width, example.boxes, example.class_ids, boxes, scores, classes,
                                     gt_difficult=example.difficult)
+                confusion.add_image(example.boxes, example.class_ids, boxes, scores, classes)
                 if len(samples) < grid_images:
                     samples.append(GridSample(example.filename, example.image, example.boxes, example.class_ids,
                                               boxes, scores, classes))
             bar.update(len(chunk))
     result = evaluator.compute()
     write_outputs(result, out_dir, samples, label_map, score_threshold,
-                  model_info=model_info, data=pattern)
+                  model_info=model_info, data=pattern, confusion=confusion)
     return result.metrics
 
 
@@ -116,8 +121,9 @@ def write_outputs(
     score_threshold: float,
     model_info: Mapping[str, Any] | None = None,
     data: str | None = None,
+    confusion: ConfusionMatrix | None = None,
 ) -> dict[str, Path]:
-    """metrics.json, the PR curves and the grid; returns {what: path}."""
+    """metrics.json, the PR curves, the grid and the confusion matrix; returns {what: path}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     pr_files = {}
@@ -128,10 +134,15 @@ def write_outputs(
         written[f"pr_curve/{name}"] = path
     if samples:
         written["grid"] = plot_detection_grid(samples, label_map, out_dir / GRID_FILENAME, score_threshold)
+    extra: dict[str, Any] = {}
+    if confusion is not None:
+        written["confusion_matrix"] = plot_confusion_matrix(confusion, out_dir / CONFUSION_FILENAME)
+        extra["confusion_matrix"] = confusion.document()
     document = metrics_document(
         result, model=model_info, data=data,
-        extra={"files": {"pr_curves": pr_files, "grid": GRID_FILENAME if samples else None},
-               "grid_score_threshold": score_threshold},
+        extra={"files": {"pr_curves": pr_files, "grid": GRID_FILENAME if samples else None,
+                         "confusion_matrix": CONFUSION_FILENAME if confusion is not None else None},
+               "grid_score_threshold": score_threshold, **extra},
     )
     written["metrics"] = write_metrics_json(document, out_dir / METRICS_FILENAME)
     return written
