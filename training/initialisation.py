@@ -37,9 +37,10 @@ def file_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def _expected_sha256(sha256: str) -> str:
+def parse_sha256(sha256: str, option: str = "--backbone-weights-sha256") -> str:
+    """A user-given sha256, lower-cased; ValueError naming ``option`` when it is not 64 hexadecimal digits."""
     if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
-        raise ValueError(f"--backbone-weights-sha256 {sha256!r} is not a sha256 (64 hexadecimal digits)")
+        raise ValueError(f"{option} {sha256!r} is not a sha256 (64 hexadecimal digits)")
     return sha256.lower()
 
 
@@ -50,7 +51,7 @@ def resolve_backbone_weights(spec: str, alpha: float, sha256: str | None = None)
     A given ``sha256`` is checked for a local path too. A cached or downloaded file that does not match is
     moved aside (``<name>.rejected-<its sha256>``) so that the next run downloads it again.
     """
-    expected = _expected_sha256(sha256) if sha256 else None
+    expected = parse_sha256(sha256) if sha256 else None
     if spec != "imagenet":
         path = Path(spec)
         if not path.is_file():
