@@ -22,15 +22,18 @@ CLASS_MAP ?=
 DATA ?= $(RUN)/data
 MODEL_DIR ?= $(RUN)/model
 # Training options, passed to `detserve train` only when set: empty = its defaults (docs/training.md), e.g.
-#   make train STEPS=5000 BATCH_SIZE=16 DEPTH_MULTIPLIER=0.35
+#   make train STEPS=5000 BATCH_SIZE=16 DEPTH_MULTIPLIER=0.35     or     make train TIME_BUDGET=2h
 STEPS ?=
+TIME_BUDGET ?=
+EVAL_EVERY ?=
 BATCH_SIZE ?=
 DEPTH_MULTIPLIER ?=
 # A Keras MobileNetV2 ImageNet .h5 (alpha = DEPTH_MULTIPLIER) or `imagenet` to download it (sha256-checked,
 # docs/training.md); empty = from scratch.
 BACKBONE_WEIGHTS ?=
 TRAIN_FLAGS ?=
-TRAIN_OPTIONS = $(strip $(if $(STEPS),--steps $(STEPS)) $(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) \
+TRAIN_OPTIONS = $(strip $(if $(STEPS),--steps $(STEPS)) $(if $(TIME_BUDGET),--time-budget $(TIME_BUDGET)) \
+	$(if $(EVAL_EVERY),--eval-every $(EVAL_EVERY)) $(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) \
 	$(if $(DEPTH_MULTIPLIER),--depth-multiplier $(DEPTH_MULTIPLIER)) \
 	$(if $(BACKBONE_WEIGHTS),--backbone-weights $(BACKBONE_WEIGHTS)) $(TRAIN_FLAGS))
 # The TF Serving model repository `make export` writes versions into: $(REPOSITORY)/$(MODEL_NAME)/<version>/.

@@ -20,10 +20,10 @@ DEFAULT_MODEL_DIR = Path("runs/model")
 
 @click.command("export")
 @click.option("--model-dir", type=click.Path(path_type=Path), default=None,
-              help=f"Training directory with pipeline.config and checkpoints (the latest is exported). "
+              help=f"Training directory with pipeline.config and checkpoints (its best/ from validation is exported, else the latest). "
                    f"Default: {DEFAULT_MODEL_DIR}.")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
-              help="Checkpoint prefix (e.g. DIR/ckpt-12) or a directory of checkpoints. Default: latest in --model-dir.")
+              help="Checkpoint prefix (e.g. DIR/ckpt-12) or a directory of checkpoints. Default: <model-dir>/best/, else the latest in --model-dir.")
 @click.option("--pipeline-config", type=click.Path(path_type=Path),
               help="TFOD2 pipeline.config. Default: <model-dir>/pipeline.config (with --from-saved-model: the "
                    "one TFOD2's exporter wrote beside saved_model/, if any).")
@@ -153,7 +153,12 @@ def _checkpoint_source(model_dir: Path | None, checkpoint: Path | None,
         pipeline_config = model_dir / "pipeline.config"
     if not pipeline_config.is_file():
         raise click.ClickException(f"pipeline config not found: {pipeline_config}")
-    return pipeline_config, checkpoint or model_dir
+    if checkpoint is None:
+        from detserve.training.validation import model_dir_checkpoint
+
+        checkpoint, which = model_dir_checkpoint(model_dir)
+        click.echo(which, err=True)  # stderr: stdout carries the summary
+    return pipeline_config, checkpoint
 
 
 def _quality_gate(data: Path | None, min_map: float | None, min_map50: float | None,

@@ -102,3 +102,14 @@ def test_a_resumed_run_stretches_the_schedule_and_keeps_the_rest(data_dir: Path,
     assert resumed.model == load_pipeline_config(write_pipeline_config(
         TrainingOptions(data_dir=data_dir, num_steps=300), tmp_path / "fresh" / "pipeline.config")).model
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "label_map.pbtxt", "pipeline.config"]  # no staging left
+
+
+def test_a_run_without_training_records_is_refused_naming_the_pattern(data_dir: Path, tmp_path: Path) -> None:
+    # A test-only conversion (detserve data --split 0,0,1) has a label map and test shards, but nothing to train on.
+    from detserve.training.run import TrainingRequest, prepare_run
+
+    (data_dir / "test-00000-of-00001.tfrecord").write_bytes(b"")
+    request = TrainingRequest(data_dir=data_dir, model_dir=tmp_path / "run", steps=10)
+    with pytest.raises(FileNotFoundError, match=r"no training TFRecords: nothing matches .*train"):
+        prepare_run(request, echo=None)
+    assert not (tmp_path / "run" / "pipeline.config").exists()

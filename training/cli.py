@@ -17,12 +17,32 @@ from .options import (
     WARMUP_DIVISOR,
     TrainingOptions,
 )
+from .validation import EVALS_PER_RUN
 
 quiet_tensorflow()
 
 
 def _augmentations(value: str) -> list[str]:
     return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def _pretrained(spec: str, sha256: str | None, depth_multiplier: float, image_size: int) -> tuple[str, float, int]:
+    """The zoo model's checkpoint, width and input size; an explicit --depth-multiplier must match it, an
+    explicit --image-size overrides it."""
+    from .zoo import resolve_pretrained
+
+    context = click.get_current_context()
+    given = {name: context.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+             for name in ("depth_multiplier", "image_size")}
+    try:
+        model = resolve_pretrained(spec, sha256, depth_multiplier if given["depth_multiplier"] else None,
+                                   echo=click.echo)
+    except (FileNotFoundError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    size = image_size if given["image_size"] else model.image_size
+    click.echo(f"pretrained {model.name}: depth multiplier {model.depth_multiplier}, image size {size} "
+               + (f"(--image-size; the model's is {model.image_size})" if given["image_size"] else "(the model's)"))
+    return model.checkpoint_prefix, model.depth_multiplier, size
 
 
 @click.command()
@@ -50,25 +70,65 @@ def _augmentations(value: str) -> list[str]:
               help="sha256 the --backbone-weights file must have: needed for `imagenet` at another alpha.")
 @click.option("--fine-tune-checkpoint", default=None,
               help="TFOD2 detection checkpoint (zoo model) to start from, e.g. .../checkpoint/ckpt-0.")
+@click.option("--pretrained", default=None, metavar="NAME|PATH",
+              help="TF2 Detection Zoo model to start from, e.g. ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8 "
+                   "(downloaded once, sha256-checked), or its local tarball/directory; sets the depth multiplier "
+                   "and image size from the model.")
+@click.option("--pretrained-sha256", default=None, metavar="HEX",
+              help="sha256 the --pretrained tarball must have [default: the one recorded at its first download].")
 @click.option("--batch-norm-decay", type=float, default=None,
               help=f"Batch-norm moving-average decay [default: {PRETRAINED_BATCH_NORM_DECAY} from pretrained "
                    f"weights, {SCRATCH_BATCH_NORM_DECAY} from scratch].")
 @click.option("--checkpoint-every", default=CHECKPOINT_EVERY, show_default=True)
+@click.option("--eval-every", type=click.IntRange(min=0), default=None,
+              help=f"Steps between evaluations of COCO mAP on the val split (the best checkpoint is kept in "
+                   f"<model-dir>/best/); 0 turns validation off [default: steps/{EVALS_PER_RUN}].")
+@click.option("--early-stop-evals", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Stop when val mAP has not improved for K evaluations [default: never].")
+@click.option("--time-budget", default=None, metavar="DURATION",
+              help="Train for this long (2h, 45m, 90s): the step count and learning-rate schedule are derived from "
+                   "the throughput measured after a warm-up; instead of --steps.")
 @click.option("--seed", type=int, default=None,
               help="Seed weight initialisation, shuffling and augmentation for a repeatable run [default: unseeded].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning_rate: float, warmup_steps: int | None,
           depth_multiplier: float, image_size: int, augment: str, backbone_weights: str | None,
           backbone_weights_sha256: str | None, fine_tune_checkpoint: str | None, batch_norm_decay: float | None,
-          checkpoint_every: int, seed: int | None, progress: bool) -> None:
+          checkpoint_every: int, seed: int | None, progress: bool, eval_every: int | None = None,
+          early_stop_evals: int | None = None, time_budget: str | None = None, pretrained: str | None = None,
+          pretrained_sha256: str | None = None) -> None:
     """Train SSD MobileNetV2 FPN-Lite with TFOD2 on the TFRecords in --data."""
+    from tqdm import tqdm
+
     from .run import TrainingRequest, prepare_run, report_training
+    from .time_budget import parse_duration, read_plan, train_within_budget
     from .train import train as run_training
+    from .validation import Validator, default_eval_every
 
     if backbone_weights and fine_tune_checkpoint:
         raise click.UsageError("give either --backbone-weights or --fine-tune-checkpoint, not both")
     if backbone_weights_sha256 and not backbone_weights:
         raise click.UsageError("--backbone-weights-sha256 checks --backbone-weights: give both")
+    if early_stop_evals is not None and eval_every == 0:
+        raise click.UsageError("--early-stop-evals needs validation: not with --eval-every 0")
+    budget = None
+    if time_budget is not None:
+        if click.get_current_context().get_parameter_source("steps") is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError("--time-budget and --steps both set the run's length: give one of them")
+        try:
+            budget = parse_duration(time_budget)
+            plan = read_plan(model_dir)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--time-budget") from error
+        steps = plan.total_steps if plan is not None else steps  # a resumed budget run keeps its planned steps
+    if pretrained and (backbone_weights or fine_tune_checkpoint):
+        raise click.UsageError("--pretrained is the starting weights: give it without --backbone-weights and "
+                               "--fine-tune-checkpoint")
+    if pretrained_sha256 and not pretrained:
+        raise click.UsageError("--pretrained-sha256 checks --pretrained: give both")
+    if pretrained:
+        fine_tune_checkpoint, depth_multiplier, image_size = _pretrained(pretrained, pretrained_sha256,
+                                                                         depth_multiplier, image_size)
     request = TrainingRequest(
         data_dir=data_dir, model_dir=model_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
         warmup_steps=warmup_steps, depth_multiplier=depth_multiplier, image_size=image_size,
@@ -78,8 +138,24 @@ def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning
     )
     try:
         config = prepare_run(request, echo=click.echo)
-        result = run_training(model_dir, steps, checkpoint_every=checkpoint_every, progress=progress, seed=seed,
-                              pipeline_config=config)
+        validator = None
+        if eval_every != 0:
+            # tqdm.write: one line per evaluation above the progress bar.
+            validator = Validator.create(model_dir, config, eval_every or default_eval_every(steps),
+                                         early_stop_evals, echo=tqdm.write)
+        common = {"checkpoint_every": checkpoint_every, "progress": progress, "seed": seed}
+        if budget is not None:
+            result = train_within_budget(model_dir, config, budget, validator=validator, eval_every=eval_every,
+                                         warmup_steps=warmup_steps, echo=click.echo, **common)
+        else:
+            result = run_training(model_dir, steps, pipeline_config=config, validator=validator, **common)
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(report_training(result))
+    # The picture people look at first: loss, learning rate and val mAP (detserve curves redraws it).
+    from .curves import CURVES_FILENAME, HISTORY_FILENAME, plot_training_curves
+
+    try:
+        click.echo(f"curves: {plot_training_curves(model_dir / HISTORY_FILENAME, model_dir / CURVES_FILENAME)}")
+    except (FileNotFoundError, ValueError) as error:  # a run that trained nothing has nothing to draw
+        click.echo(f"curves: not drawn ({error})", err=True)

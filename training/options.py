@@ -40,6 +40,11 @@ SCRATCH_BATCH_NORM_DECAY = 0.9
 CHECKPOINT_EVERY = 500  # steps between the checkpoints train_loop saves (detserve also saves the last step)
 
 
+def default_warmup_steps(num_steps: int) -> int:
+    """The warm-up of a ``num_steps`` run when none is given (also refitted to a --time-budget's derived steps)."""
+    return min(MAX_WARMUP_STEPS, num_steps // WARMUP_DIVISOR)
+
+
 def default_batch_norm_decay(pretrained: bool) -> float:
     return PRETRAINED_BATCH_NORM_DECAY if pretrained else SCRATCH_BATCH_NORM_DECAY
 
@@ -71,7 +76,7 @@ class TrainingOptions:
     def resolved_warmup_steps(self) -> int:
         if self.warmup_steps is not None:
             return self.warmup_steps
-        return min(MAX_WARMUP_STEPS, self.num_steps // WARMUP_DIVISOR)
+        return default_warmup_steps(self.num_steps)
 
     def resolved_warmup_learning_rate(self) -> float:
         if self.warmup_learning_rate is not None:

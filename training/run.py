@@ -19,6 +19,7 @@ from .pipeline_config import (
     set_step_budget,
 )
 from .train import TrainResult
+from .validation import BEST_DIR, read_best
 
 if TYPE_CHECKING:
     from object_detection.protos.pipeline_pb2 import TrainEvalPipelineConfig
@@ -74,6 +75,7 @@ def prepare_run(request: TrainingRequest, echo: Echo | None = print) -> TrainEva
 
     options = request.options()
     config = build_pipeline_config(options)
+    _require_training_records(config)
     if request.fine_tune_checkpoint:
         prefix = detection_checkpoint(request.fine_tune_checkpoint)
         set_fine_tune_checkpoint(config, prefix, "detection")
@@ -99,6 +101,17 @@ def prepare_run(request: TrainingRequest, echo: Echo | None = print) -> TrainEva
     return config
 
 
+def _require_training_records(config: TrainEvalPipelineConfig) -> None:
+    """A data directory without train TFRecords (e.g. a test-only conversion, --split 0,0,1) fails here, naming
+    the pattern, rather than deep inside TFOD2's input pipeline."""
+    import glob
+
+    patterns = list(config.train_input_reader.tf_record_input_reader.input_path)
+    if not any(glob.glob(pattern) for pattern in patterns):
+        raise FileNotFoundError(f"no training TFRecords: nothing matches {', '.join(patterns)} "
+                                "(convert with a train fraction, e.g. detserve data --split 0.8,0.1,0.1)")
+
+
 def _extend_run(config_path: Path, latest: str, steps: int, echo: Echo) -> TrainEvalPipelineConfig:
     """Resume: the existing config stays (same model), only the step budget can grow."""
     from google.protobuf import text_format
@@ -119,9 +132,17 @@ def report_training(result: TrainResult) -> str:
     if not result.history:
         return f"nothing to do: {result.checkpoint} is already at step {result.final_step}"
     first, last = result.history[0], result.history[-1]
-    return (
+    lines = [
         f"trained steps {result.start_step}->{result.final_step} in {result.seconds:.0f}s; "
         f"total loss {first.total_loss:.3f} (step {first.step}) -> {last.total_loss:.3f} (step {last.step}); "
-        f"{result.images_per_sec:.1f} images/s (median)\ncheckpoint: {result.checkpoint}\n"
-        f"next: detserve evaluate --model-dir {result.model_dir}"
-    )
+        f"{result.images_per_sec:.1f} images/s (median)",
+    ]
+    if result.stopped:
+        lines.append(f"stopped: {result.stopped}")
+    lines.append(f"checkpoint: {result.checkpoint}")
+    best = read_best(result.model_dir)
+    if best is not None:
+        lines.append(f"best val checkpoint: {result.model_dir / BEST_DIR} (step {best['step']}, "
+                     f"mAP {best['metrics'].get('mAP') or 0:.3f}); evaluate and export use it by default")
+    lines.append(f"next: detserve evaluate --model-dir {result.model_dir}")
+    return "\n".join(lines)

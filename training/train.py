@@ -10,6 +10,10 @@ for the duration of the call (and restored afterwards):
   handle on the manager and save the final step.
 
 Resuming is ``train_loop``'s own behaviour: it restores the latest checkpoint in ``model_dir``.
+
+Validation (training/validation.py) and the stop on time run in the same hook, after an iteration's scalars: a
+checkpoint is saved there, evaluated, and an early stop or the deadline ends ``train_loop`` by raising
+``_StopTraining`` out of it (the loop has no other way out), after which the last step is saved as usual.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from .pipeline_config import PIPELINE_CONFIG, load_pipeline_config
 
 if TYPE_CHECKING:
     from object_detection.protos.pipeline_pb2 import TrainEvalPipelineConfig
+
+    from .validation import Validator
 
 LOSS_KEY = "Loss/total_loss"
 HISTORY_FILE = "train_history.jsonl"
@@ -52,6 +58,8 @@ class TrainResult:
     history: list[StepRecord]
     seconds: float
     batch_size: int
+    evaluations: list[dict] = field(default_factory=list)
+    stopped: str | None = None  # why training ended before the step budget (early stop, time), None if it did not
 
     @property
     def images_per_sec(self) -> float:
@@ -68,6 +76,7 @@ class _Instrumentation:
         self.manager = None
         self.history: list[StepRecord] = []
         self._pending: dict[str, float] = {}
+        self.paused = False  # while the validation writes its own scalars
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -80,7 +89,7 @@ class _Instrumentation:
 
         def scalar(name, data, step=None, description=None):
             result = original_scalar(name, data, step=step, description=description)
-            if tf.executing_eagerly():  # train_loop's own per-iteration calls, not traced ones
+            if tf.executing_eagerly() and not instrumentation.paused:  # train_loop's per-iteration calls only
                 instrumentation._record(name, data, step)
             return result
 
@@ -111,6 +120,26 @@ class _Instrumentation:
             self._pending = {}
 
 
+class _StopTraining(Exception):
+    """Raised from the per-iteration hook to end train_loop early; the message says why."""
+
+
+class _History:
+    """Appends the step records, and the evaluation records at their place among them, to train_history.jsonl
+    as the run goes (an evaluation flushes the steps before it)."""
+
+    def __init__(self, path: Path, records: list[StepRecord]):
+        self.path, self.records, self.written = path, records, 0
+
+    def flush(self, evaluation: dict | None = None) -> None:
+        with open(self.path, "a") as history_file:
+            for record in self.records[self.written:]:
+                history_file.write(json.dumps(record.__dict__) + "\n")
+            self.written = len(self.records)
+            if evaluation is not None:
+                history_file.write(json.dumps(evaluation) + "\n")
+
+
 def steps_per_loop(remaining_steps: int, preferred: int) -> int:
     """Steps per ``tf.function`` call: as many as ``preferred`` but dividing the remaining steps exactly
     (train_loop overshoots otherwise)."""
@@ -126,6 +155,8 @@ def train(
     progress: bool = True,
     seed: int | None = None,
     pipeline_config: TrainEvalPipelineConfig | None = None,
+    validator: Validator | None = None,
+    deadline: float | None = None,
 ) -> TrainResult:
     """Train the model described by ``<model_dir>/pipeline.config`` up to ``num_steps`` total steps.
 
@@ -133,7 +164,9 @@ def train(
     to ``<model_dir>/train_history.jsonl`` (TensorBoard logs go to ``<model_dir>/train``). ``seed`` seeds Python,
     NumPy and TensorFlow (weight initialisation, shuffling, augmentation); multi-threaded CPU kernels still make
     runs differ slightly. ``pipeline_config``: the file's content when the caller has it (``prepare_run``
-    returns it), so that it is not parsed again; train_loop itself reads the file.
+    returns it), so that it is not parsed again; train_loop itself reads the file. ``validator``: evaluate on the
+    val split when it is due (and at the end), and stop early when it says so. ``deadline``: a ``time.time()``
+    after which training stops (saving and evaluating the step it reached).
     """
     import tensorflow as tf
     from object_detection import model_lib_v2
@@ -152,31 +185,62 @@ def train(
     per_loop = steps_per_loop(num_steps - start_step, preferred_steps_per_loop)
     bar = tqdm(total=num_steps, initial=start_step, unit="step", disable=not progress, dynamic_ncols=True)
 
+    instrumentation: _Instrumentation
+    history = _History(model_dir / HISTORY_FILE, [])
+    previous_step = start_step
+
+    def save_and_validate(step: int) -> None:
+        manager = instrumentation.manager
+        prefix = manager.latest_checkpoint
+        if checkpoint_step(prefix) != step:
+            prefix = manager.save()
+        instrumentation.paused = True
+        try:
+            history.flush(validator.evaluate(prefix, step))
+        finally:
+            instrumentation.paused = False
+
     def on_iteration(record: StepRecord) -> None:
+        nonlocal previous_step
         bar.update(record.step - bar.n)
         bar.set_postfix(loss=f"{record.total_loss:.3f}", img_s=f"{record.steps_per_sec * batch_size:.1f}")
+        step, last, previous_step = record.step, previous_step, record.step
+        if validator is not None and validator.due(last, step, num_steps):
+            save_and_validate(step)
+            if validator.should_stop():
+                raise _StopTraining(f"early stop at step {step}: no better val mAP in {validator.patience} "
+                                    f"evaluation(s) (best at step {validator.tracker.best_step})")
+        if deadline is not None and time.time() >= deadline and step < num_steps:
+            raise _StopTraining(f"time budget reached at step {step}")
 
     if seed is not None:
         # TFOD2 creates its random ops without seeds; a global seed makes their op-level seeds repeatable.
         tf.keras.utils.set_random_seed(seed)
     instrumentation = _Instrumentation(on_iteration)
+    history.records = instrumentation.history
+    stopped = None
     started = time.time()
     with instrumentation.installed(), bar:
-        model_lib_v2.train_loop(
-            pipeline_config_path=str(config_path),
-            model_dir=str(model_dir),
-            train_steps=num_steps,
-            checkpoint_every_n=checkpoint_every,
-            checkpoint_max_to_keep=checkpoint_max_to_keep,
-            num_steps_per_iteration=per_loop,
-        )
-    manager = instrumentation.manager
-    if manager is not None and checkpoint_step(manager.latest_checkpoint) < num_steps:
-        manager.save()
+        try:
+            model_lib_v2.train_loop(
+                pipeline_config_path=str(config_path),
+                model_dir=str(model_dir),
+                train_steps=num_steps,
+                checkpoint_every_n=checkpoint_every,
+                checkpoint_max_to_keep=checkpoint_max_to_keep,
+                num_steps_per_iteration=per_loop,
+            )
+        except _StopTraining as stop:
+            stopped = str(stop)
+        manager = instrumentation.manager
+        reached = instrumentation.history[-1].step if instrumentation.history else start_step
+        if manager is not None and checkpoint_step(manager.latest_checkpoint) < reached:
+            manager.save()
+        if validator is not None and manager is not None and validator.last_step != reached and stopped is not None:
+            save_and_validate(reached)  # stopped on time between two evaluations: the step it reached counts too
     seconds = time.time() - started
-    with open(model_dir / HISTORY_FILE, "a") as history_file:
-        for record in instrumentation.history:
-            history_file.write(json.dumps(record.__dict__) + "\n")
+    history.flush()
     final = latest_checkpoint(model_dir)
     tf.get_logger().info("training finished at %s", final)
-    return TrainResult(model_dir, start_step, checkpoint_step(final), final, instrumentation.history, seconds, batch_size)
+    return TrainResult(model_dir, start_step, checkpoint_step(final), final, instrumentation.history, seconds, batch_size,
+                       evaluations=list(validator.records) if validator is not None else [], stopped=stopped)

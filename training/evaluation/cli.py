@@ -50,9 +50,9 @@ def _read_label_map(path: Path) -> dict[int, str]:
 
 @click.command("evaluate")
 @click.option("--model-dir", type=click.Path(path_type=Path),
-              help="Training directory with pipeline.config and checkpoints (the latest is evaluated).")
+              help="Training directory with pipeline.config and checkpoints (its best/ from validation is evaluated, else the latest).")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
-              help="Checkpoint prefix (e.g. DIR/ckpt-12) or a directory of checkpoints. Default: latest in --model-dir.")
+              help="Checkpoint prefix (e.g. DIR/ckpt-12) or a directory of checkpoints. Default: <model-dir>/best/, else the latest in --model-dir.")
 @click.option("--pipeline-config", type=click.Path(path_type=Path),
               help="TFOD2 pipeline.config. Default: <model-dir>/pipeline.config.")
 @click.option("--model", "saved_model", type=click.Path(path_type=Path),
@@ -84,7 +84,8 @@ def _read_label_map(path: Path) -> dict[int, str]:
 @click.option("--grid-images", type=click.IntRange(min=0), default=GRID_IMAGES, show_default=True,
               help="Test images drawn in detections_grid.png.")
 @click.option("--score-threshold", type=click.FloatRange(0.0, 1.0), default=SCORE_THRESHOLD, show_default=True,
-              help="Lowest score drawn in the grid (the metrics use every detection).")
+              help="Lowest score drawn in the grid and counted in the confusion matrix (the COCO metrics use every "
+                   "detection).")
 @click.option("--ignore-difficult", is_flag=True,
               help="Treat 'difficult' objects as COCO crowd (ignored) instead of ordinary ground truth as TFOD2 does.")
 def evaluate(
@@ -110,8 +111,8 @@ def evaluate(
     """COCO detection metrics (pycocotools) on the test split.
 
     Prints TFOD2's metric table with per-class AP@.50 and writes metrics.json, a precision-recall
-    curve per class and a grid of test images with ground truth and predictions into --out. The model's
-    classes must match the data's label map id for id (else the scores would be wrong).
+    curve per class, a grid of test images with ground truth and predictions and a confusion matrix
+    into --out. The model's classes must match the data's label map id for id (else the scores would be wrong).
     """
     if server is not None:
         if model_dir or checkpoint or pipeline_config:
@@ -259,7 +260,12 @@ def _checkpoint_setup(model_dir: Path | None, checkpoint: Path | None, pipeline_
 
     config = _load_pipeline_config(pipeline_config)  # the one parse of this command
 
-    checkpoint_source = checkpoint or model_dir
+    checkpoint_source = checkpoint
+    if checkpoint_source is None:
+        from ..validation import model_dir_checkpoint
+
+        checkpoint_source, which = model_dir_checkpoint(model_dir)
+        click.echo(which)
     try:
         prefix = resolve_checkpoint(checkpoint_source)
     except FileNotFoundError as error:
