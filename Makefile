@@ -129,13 +129,13 @@ demo: setup ## The whole job on the embedded default: synthetic data -> train ->
 	@echo "  make web-demo DEMO_EXAMPLES='$$(ls $(IMAGES)/*.jpg 2>/dev/null | head -3 | xargs)'"
 	@echo "                    # terminal 2: then open http://127.0.0.1:7860 (upload a photo or click an example)"
 
-export: setup ## Export the latest checkpoint in $(MODEL_DIR) as a new version of $(REPOSITORY)/$(MODEL_NAME)
+export: setup ## Export $(MODEL_DIR) (its best/ checkpoint from validation, else the latest) as a new version of $(REPOSITORY)/$(MODEL_NAME)
 	$(DETSERVE) export --model-dir $(MODEL_DIR) --repository $(REPOSITORY) --name $(MODEL_NAME) $(GATE_OPTIONS)
 
 # A .tflite for phones and edge boxes (docs/export.md): QUANTIZE=float16 or int8 (calibrated on $(DATA)'s train split).
 QUANTIZE ?= float16
 TFLITE_DIR ?= tflite
-export-tflite: setup ## Export the latest checkpoint in $(MODEL_DIR) as $(TFLITE_DIR)/$(MODEL_NAME)-$(QUANTIZE).tflite
+export-tflite: setup ## Export $(MODEL_DIR) (best/, else the latest checkpoint) as $(TFLITE_DIR)/$(MODEL_NAME)-$(QUANTIZE).tflite
 	$(DETSERVE) export --format tflite --quantize $(QUANTIZE) --model-dir $(MODEL_DIR) --name $(MODEL_NAME) \
 		--tflite-dir $(TFLITE_DIR) $(if $(filter int8,$(QUANTIZE)),--calibration-data $(DATA))
 
