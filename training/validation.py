@@ -242,6 +242,7 @@ def model_dir_checkpoint(model_dir: Path | str) -> tuple[Path, str]:
     if any(best.glob("ckpt-*.index")):
         document = read_best(model_dir) or {}
         mAP = (document.get("metrics") or {}).get("mAP")
-        return best, (f"using the best val checkpoint {best} (step {document.get('step')}, mAP {mAP}); "
+        shown = f"{mAP:.3f}" if isinstance(mAP, (int, float)) else "n/a"
+        return best, (f"using the best val checkpoint {best} (step {document.get('step')}, mAP {shown}); "
                       "--checkpoint picks another")
     return model_dir, f"using the latest checkpoint in {model_dir} (no {BEST_DIR}/: trained without validation)"
