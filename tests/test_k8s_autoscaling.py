@@ -207,20 +207,20 @@ def test_liveness_asks_the_grpc_health_service_and_readiness_stays_on_rest():
             assert container[probe]["httpGet"]["path"].endswith("/metadata"), (target, probe)
 
 
-def test_grpc_liveness_without_the_health_service_flag_is_reported(copy_root):  # noqa: F811
+def test_grpc_liveness_without_the_health_service_flag_is_reported(copy_root):
     plant(copy_root, "k8s/base/deployment.yaml", "            - --enable_grpc_healthcheck_service=true\n", "")
     assert_reported(errors_for(copy_root, "overlays/gpu"), "overlays/gpu",
                     "gRPC probe", "--enable_grpc_healthcheck_service=true is not set")
 
 
-def test_grpc_liveness_on_the_rest_port_is_reported(copy_root):  # noqa: F811
+def test_grpc_liveness_on_the_rest_port_is_reported(copy_root):
     plant(copy_root, "k8s/base/deployment.yaml", "            grpc:\n              port: 8500\n",
           "            grpc:\n              port: 8501\n")
     assert_reported(errors_for(copy_root, "overlays/cpu"), "overlays/cpu",
                     "livenessProbe grpc port 8501 is not the gRPC port (--port=8500)")
 
 
-def test_grpc_liveness_on_a_service_tf_serving_does_not_register_is_reported(copy_root):  # noqa: F811
+def test_grpc_liveness_on_a_service_tf_serving_does_not_register_is_reported(copy_root):
     # TF Serving registers the short names (server.cc); the fully qualified one answers NOT_FOUND.
     plant(copy_root, "k8s/base/deployment.yaml", "            grpc:\n              port: 8500\n",
           "            grpc:\n              port: 8500\n              service: tensorflow.serving.PredictionService\n")

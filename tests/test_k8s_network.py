@@ -289,7 +289,7 @@ def test_web_demo_reaches_the_grpc_port_only(rendered):
 # Planted mistakes: the validator names each one
 
 
-def test_planted_base_mistakes_are_reported(copy_root):  # noqa: F811  (the fixture of tests/test_k8s.py)
+def test_planted_base_mistakes_are_reported(copy_root):
     plant(copy_root, "k8s/base/kustomization.yaml", "  - networkpolicy-default-deny.yaml\n", "")
     # Open the clients' rule to every namespace.
     plant(copy_root, "k8s/base/networkpolicy.yaml", '              detserve.io/client: "true"\n', "")
@@ -315,7 +315,7 @@ def test_planted_base_mistakes_are_reported(copy_root):  # noqa: F811  (the fixt
     assert_reported(errors, gpu, "Deployment/detserve-serving", "may connect to the internet on 443")
 
 
-def test_planted_job_tool_and_component_mistakes_are_reported(copy_root, report):  # noqa: F811
+def test_planted_job_tool_and_component_mistakes_are_reported(copy_root, report):
     # Prometheus from the wrong namespace (alone in the base: an open clients' rule would hide it).
     plant(copy_root, "k8s/base/networkpolicy-prometheus.yaml", "name: monitoring", "name: monitorin")
     plant(copy_root, "k8s/jobs/train/kustomization.yaml", "  - networkpolicy-train.yaml\n", "")
