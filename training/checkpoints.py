@@ -1,9 +1,13 @@
-"""Finding and reading TF2 checkpoints written by TFOD2's train_loop (one place for train, evaluate, export)."""
+"""Finding and reading TF2 checkpoints written by TFOD2's train_loop (one place for train, evaluate, export),
+and the name of the history file that detserve train writes beside them."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+# One JSON record per logged step or evaluation, in the model directory (written by train.py, drawn by curves.py).
+HISTORY_FILE = "train_history.jsonl"
 
 
 def checkpoint_step(checkpoint_prefix: str | None) -> int:

@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoints import HISTORY_FILE as HISTORY_FILENAME  # noqa: F401  (re-exported: the file curves read)
 from .evaluation.plots import DPI, new_figure
 
-# training/train.py's HISTORY_FILE; not imported from there because train.py imports TensorFlow.
-HISTORY_FILENAME = "train_history.jsonl"
 CURVES_FILENAME = "training_curves.png"
 CURVES_FIGSIZE = (8.0, 10.0)  # inches: 800x1000 pixels at DPI
 LOSS_PREFIX = "Loss/"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import tfod_compat  # noqa: F401  (before object_detection)
-from .checkpoints import checkpoint_step, latest_checkpoint
+from .checkpoints import HISTORY_FILE, checkpoint_step, latest_checkpoint
 from .options import CHECKPOINT_EVERY
 from .pipeline_config import PIPELINE_CONFIG, load_pipeline_config
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from .validation import Validator
 
 LOSS_KEY = "Loss/total_loss"
-HISTORY_FILE = "train_history.jsonl"
 
 
 @dataclass
