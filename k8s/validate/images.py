@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .objects import describe, pod_template
+from .objects import describe, pod_containers
 
 DOCKER_HUB = "docker.io"
 PLACEHOLDER_REGISTRY = "registry.invalid"
@@ -66,9 +66,7 @@ def image_tag(container: dict) -> str:
 def container_images(objects: list[dict]) -> Iterator[tuple[dict, str, str]]:
     """(object, container name, image) for every container and init container of every Pod template."""
     for obj in objects:
-        template = pod_template(obj)
-        spec = (template or {}).get("spec") or {}
-        for container in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        for container in pod_containers(obj):
             yield obj, container.get("name", "?"), container.get("image", "")
 
 

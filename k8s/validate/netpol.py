@@ -20,7 +20,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .objects import by_kind, pod_template, selector_matches, template_labels
+from .objects import by_kind, pod_containers, pod_template, selector_matches, template_labels
 
 DIRECTIONS = ("Ingress", "Egress")
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set on every Namespace by the API server (1.22+)
@@ -72,10 +72,9 @@ def pod_endpoints(objects: list[dict]) -> list[tuple[dict, Endpoint]]:
         if template is None:
             continue
         namespace = obj["metadata"].get("namespace") or "default"
-        spec = template.get("spec") or {}
         ports = {
             p.get("name", str(p["containerPort"])): (p["containerPort"], p.get("protocol", "TCP"))
-            for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])
+            for c in pod_containers(obj)
             for p in c.get("ports") or []
         }
         labels = template_labels(template) or {}

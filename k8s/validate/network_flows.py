@@ -17,7 +17,7 @@ from .objects import (
     by_kind,
     describe,
     is_tf_serving,
-    pod_template,
+    pod_containers,
     resolve_env,
     resolve_port,
     service_selects,
@@ -47,17 +47,12 @@ CREDENTIAL_ENDPOINTS = (
 MODEL_SYNC_CONTAINER = "model-sync"
 
 
-def _containers(obj: dict) -> list[dict]:
-    spec = (pod_template(obj) or {}).get("spec") or {}
-    return (spec.get("containers") or []) + (spec.get("initContainers") or [])
-
-
 def check_flows(objects: list[dict]) -> Iterator[str]:
     """The serving Pods' clients, scraper and egress, and every Service call named in a Pod's env."""
     policies = netpol.network_policies(objects)
     endpoints = netpol.pod_endpoints(objects)
     for obj, endpoint in endpoints:
-        serving = [c for c in _containers(obj) if is_tf_serving(c)]
+        serving = [c for c in pod_containers(obj) if is_tf_serving(c)]
         if serving:
             yield from _serving_ingress(obj, endpoint, serving[0], objects, policies)
             yield from _serving_egress(obj, endpoint, policies)
@@ -107,7 +102,7 @@ def _serving_ingress(
 
 def _serving_egress(obj: dict, endpoint: Endpoint, policies: list[dict]) -> Iterator[str]:
     what = describe(obj)
-    fetches = any(c.get("name") == MODEL_SYNC_CONTAINER for c in _containers(obj))
+    fetches = any(c.get("name") == MODEL_SYNC_CONTAINER for c in pod_containers(obj))
     https = netpol.allowed(policies, endpoint, INTERNET_HTTPS, 443)
     if not fetches:
         if https:
@@ -137,7 +132,7 @@ def _service_calls(
             (o, e) for o, e in endpoints if service_selects(svc, e.labels)
         ]
         for obj, source in endpoints:
-            for container in _containers(obj):
+            for container in pod_containers(obj):
                 for item in container.get("env") or []:
                     for match in address.finditer(str(item.get("value", ""))):
                         port = next(
@@ -155,7 +150,7 @@ def _call(
         container_port = next(
             (
                 n
-                for c in _containers(target_obj)
+                for c in pod_containers(target_obj)
                 if (n := resolve_port(port.get("targetPort", port["port"]), c))
             ),
             None,

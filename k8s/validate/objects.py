@@ -36,6 +36,12 @@ def pod_template(obj: dict) -> dict | None:
     return None
 
 
+def pod_containers(obj: dict) -> list[dict]:
+    """The containers, then the init containers (native sidecars included), of an object's Pod template."""
+    spec = (pod_template(obj) or {}).get("spec") or {}
+    return (spec.get("containers") or []) + (spec.get("initContainers") or [])
+
+
 def template_labels(template: dict) -> dict | None:
     return (template.get("metadata") or {}).get("labels")
 
