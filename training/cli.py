@@ -61,6 +61,9 @@ def _pretrained(spec: str, sha256: str | None, depth_multiplier: float, image_si
 @click.option("--depth-multiplier", default=TrainingOptions.depth_multiplier, show_default=True,
               help="MobileNetV2 width (alpha); must equal the alpha of --backbone-weights.")
 @click.option("--image-size", default=TrainingOptions.image_size, show_default=True)
+@click.option("--anchor-scale", type=click.FloatRange(min=0, min_open=True, max=16), default=None,
+              help="Smallest anchor side in FPN strides (the zoo's 4.0 = 32 px) [default: fitted to the train "
+                   "boxes, 2.0-4.0; 4.0 from a detection checkpoint].")
 @click.option("--augment", default=",".join(DEFAULT_AUGMENTATIONS), show_default=True,
               help=f"Comma-separated: {', '.join(AUGMENTATIONS)} (empty for none).")
 @click.option("--backbone-weights", default=None,
@@ -92,7 +95,7 @@ def _pretrained(spec: str, sha256: str | None, depth_multiplier: float, image_si
               help="Seed weight initialisation, shuffling and augmentation for a repeatable run [default: unseeded].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning_rate: float, warmup_steps: int | None,
-          depth_multiplier: float, image_size: int, augment: str, backbone_weights: str | None,
+          depth_multiplier: float, image_size: int, anchor_scale: float | None, augment: str, backbone_weights: str | None,
           backbone_weights_sha256: str | None, fine_tune_checkpoint: str | None, batch_norm_decay: float | None,
           checkpoint_every: int, seed: int | None, progress: bool, eval_every: int | None = None,
           early_stop_evals: int | None = None, time_budget: str | None = None, pretrained: str | None = None,
@@ -131,7 +134,7 @@ def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning
                                                                          depth_multiplier, image_size)
     request = TrainingRequest(
         data_dir=data_dir, model_dir=model_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-        warmup_steps=warmup_steps, depth_multiplier=depth_multiplier, image_size=image_size,
+        warmup_steps=warmup_steps, depth_multiplier=depth_multiplier, image_size=image_size, anchor_scale=anchor_scale,
         augmentations=_augmentations(augment), backbone_weights=backbone_weights,
         backbone_weights_sha256=backbone_weights_sha256,
         fine_tune_checkpoint=fine_tune_checkpoint, batch_norm_decay=batch_norm_decay,

@@ -61,6 +61,8 @@ class TrainingOptions:
     warmup_steps: int | None = None
     warmup_learning_rate: float | None = None
     image_size: int = 320
+    # None: fitted to the train split's boxes (training/anchors.py); the zoo's is 4.0.
+    anchor_scale: float | None = None
     depth_multiplier: float = 0.5  # MobileNetV2 alpha
     # 8 (the zoo: 16) so that ImageNet weights of width < 1.0 fit the backbone layer for layer.
     min_depth: int = 8
@@ -106,6 +108,8 @@ class TrainingOptions:
             problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
         if warmup_rate > self.learning_rate:
             problems.append(f"warmup_learning_rate {warmup_rate} must not exceed learning_rate {self.learning_rate}")
+        if self.anchor_scale is not None and not 0 < self.anchor_scale <= 16:
+            problems.append(f"anchor_scale must be in (0, 16], got {self.anchor_scale}")
         if self.image_size < 64 or self.image_size % 32:
             problems.append(f"image_size must be a multiple of 32 and >= 64 (FPN levels 3-7), got {self.image_size}")
         unknown = sorted(set(self.augmentations) - AUGMENTATIONS.keys())

@@ -27,7 +27,7 @@ PIPELINE_CONFIG = "pipeline.config"  # the name TFOD2's config_util.save_pipelin
 
 __all__ = [
     "PIPELINE_CONFIG", "TrainingOptions", "build_pipeline_config", "load_pipeline_config",
-    "parse_pipeline_config", "render_pipeline_config", "save_pipeline_config", "set_fine_tune_checkpoint",
+    "parse_pipeline_config", "render_pipeline_config", "resolved_anchor_scale", "save_pipeline_config", "set_fine_tune_checkpoint",
     "set_step_budget", "write_pipeline_config",
 ]
 
@@ -52,6 +52,7 @@ def build_pipeline_config(options: TrainingOptions) -> TrainEvalPipelineConfig:
     ssd.num_classes = len(read_label_map(label_map_path))
     ssd.image_resizer.fixed_shape_resizer.height = options.image_size
     ssd.image_resizer.fixed_shape_resizer.width = options.image_size
+    ssd.anchor_generator.multiscale_anchor_generator.anchor_scale = resolved_anchor_scale(options)
     ssd.feature_extractor.min_depth = options.min_depth
     ssd.feature_extractor.depth_multiplier = options.depth_multiplier
     predictor = ssd.box_predictor.weight_shared_convolutional_box_predictor
@@ -77,6 +78,15 @@ def build_pipeline_config(options: TrainingOptions) -> TrainEvalPipelineConfig:
         reader.label_map_path = str(label_map_path)
         reader.tf_record_input_reader.input_path[:] = [split_pattern(data_dir, split)]
     return config
+
+
+def resolved_anchor_scale(options: TrainingOptions) -> float:
+    """``options.anchor_scale``, or the scale fitted to the train split's boxes when it is None."""
+    from .anchors import fit_anchor_scale_to_split
+
+    if options.anchor_scale is not None:
+        return options.anchor_scale
+    return fit_anchor_scale_to_split(options.data_dir, options.train_split, options.image_size).scale
 
 
 def set_fine_tune_checkpoint(config: TrainEvalPipelineConfig, prefix: str, checkpoint_type: str) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .anchors import ZOO_ANCHOR_SCALE, fit_anchor_scale_to_split
 from .checkpoints import checkpoint_step, latest_checkpoint
 from .initialisation import detection_checkpoint, resolve_backbone_weights
 from .options import DEFAULT_AUGMENTATIONS, TrainingOptions, default_batch_norm_decay
@@ -40,6 +41,7 @@ class TrainingRequest:
     warmup_steps: int | None = None  # None: TrainingOptions.resolved_warmup_steps
     depth_multiplier: float = TrainingOptions.depth_multiplier
     image_size: int = TrainingOptions.image_size
+    anchor_scale: float | None = None  # None: fitted to the train boxes, or the zoo's for a detection checkpoint
     augmentations: list[str] = field(default_factory=lambda: list(DEFAULT_AUGMENTATIONS))
     backbone_weights: str | None = None
     backbone_weights_sha256: str | None = None  # None: the known one of the `imagenet` file, none for a path
@@ -50,13 +52,19 @@ class TrainingRequest:
     def from_scratch(self) -> bool:
         return not (self.backbone_weights or self.fine_tune_checkpoint)
 
+    def _anchor_scale(self) -> float | None:
+        # A zoo detector's box head regresses against the zoo's anchors: keep them unless the user says otherwise.
+        if self.anchor_scale is None and self.fine_tune_checkpoint:
+            return ZOO_ANCHOR_SCALE
+        return self.anchor_scale
+
     def options(self) -> TrainingOptions:
         # The decay follows the weights the run starts from, known here before the checkpoint is.
         decay = self.batch_norm_decay
         return TrainingOptions(
             data_dir=self.data_dir, num_steps=self.steps, batch_size=self.batch_size,
             learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
-            image_size=self.image_size, depth_multiplier=self.depth_multiplier,
+            image_size=self.image_size, depth_multiplier=self.depth_multiplier, anchor_scale=self._anchor_scale(),
             batch_norm_decay=decay if decay is not None else default_batch_norm_decay(pretrained=not self.from_scratch),
             augmentations=list(self.augmentations),
         )
@@ -74,8 +82,12 @@ def prepare_run(request: TrainingRequest, echo: Echo | None = print) -> TrainEva
         return _extend_run(config_path, latest, request.steps, echo)
 
     options = request.options()
+    _require_training_records(options)
+    if options.anchor_scale is None:
+        fit = fit_anchor_scale_to_split(options.data_dir, options.train_split, options.image_size)
+        options.anchor_scale = fit.scale
+        echo(fit.describe())
     config = build_pipeline_config(options)
-    _require_training_records(config)
     if request.fine_tune_checkpoint:
         prefix = detection_checkpoint(request.fine_tune_checkpoint)
         set_fine_tune_checkpoint(config, prefix, "detection")
@@ -101,14 +113,16 @@ def prepare_run(request: TrainingRequest, echo: Echo | None = print) -> TrainEva
     return config
 
 
-def _require_training_records(config: TrainEvalPipelineConfig) -> None:
+def _require_training_records(options: TrainingOptions) -> None:
     """A data directory without train TFRecords (e.g. a test-only conversion, --split 0,0,1) fails here, naming
     the pattern, rather than deep inside TFOD2's input pipeline."""
     import glob
 
-    patterns = list(config.train_input_reader.tf_record_input_reader.input_path)
-    if not any(glob.glob(pattern) for pattern in patterns):
-        raise FileNotFoundError(f"no training TFRecords: nothing matches {', '.join(patterns)} "
+    from .data.tfrecord import split_pattern
+
+    pattern = split_pattern(Path(options.data_dir).resolve(), options.train_split)
+    if not glob.glob(pattern):
+        raise FileNotFoundError(f"no training TFRecords: nothing matches {pattern} "
                                 "(convert with a train fraction, e.g. detserve data --split 0.8,0.1,0.1)")
 
 

@@ -141,3 +141,19 @@ def read_examples(pattern: str) -> Iterator[GroundTruthExample]:
         raise FileNotFoundError(f"no TFRecord files match {pattern}")
     for serialized in tf.data.TFRecordDataset(files).as_numpy_iterator():
         yield _decode(serialized)
+
+
+def read_boxes(pattern: str) -> np.ndarray:
+    """Every box (normalised ymin, xmin, ymax, xmax) in the shards matching ``pattern``, in a stable order. Reads
+    only the box features: no image is decoded."""
+    import tensorflow as tf
+
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {pattern}")
+    boxes = []
+    for serialized in tf.data.TFRecordDataset(files).as_numpy_iterator():
+        f = tf.train.Example.FromString(serialized).features.feature
+        boxes.append(np.stack([f[f"image/object/bbox/{key}"].float_list.value for key in ("ymin", "xmin", "ymax", "xmax")],
+                              axis=-1).astype(np.float32).reshape(-1, 4))
+    return np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
