@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .distribution import STRATEGIES
 from .logs import quiet_tensorflow
 from .options import (
     AUGMENTATIONS,
@@ -93,16 +94,24 @@ def _pretrained(spec: str, sha256: str | None, depth_multiplier: float, image_si
                    "the throughput measured after a warm-up; instead of --steps.")
 @click.option("--seed", type=int, default=None,
               help="Seed weight initialisation, shuffling and augmentation for a repeatable run [default: unseeded].")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True,
+              help="Devices and machines: auto = multi-worker under a TF_CONFIG of several tasks, mirrored with "
+                   "more than one GPU, else one. --batch-size is the global batch, split across the replicas.")
+@click.option("--mixed-precision", is_flag=True, default=False,
+              help="Train in mixed_float16 with loss scaling (GPUs only; docs/training.md).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning_rate: float, warmup_steps: int | None,
           depth_multiplier: float, image_size: int, anchor_scale: float | None, augment: str, backbone_weights: str | None,
           backbone_weights_sha256: str | None, fine_tune_checkpoint: str | None, batch_norm_decay: float | None,
           checkpoint_every: int, seed: int | None, progress: bool, eval_every: int | None = None,
           early_stop_evals: int | None = None, time_budget: str | None = None, pretrained: str | None = None,
-          pretrained_sha256: str | None = None) -> None:
+          pretrained_sha256: str | None = None, strategy: str = "auto", mixed_precision: bool = False) -> None:
     """Train SSD MobileNetV2 FPN-Lite with TFOD2 on the TFRecords in --data."""
     from tqdm import tqdm
 
+    from .distribution import distribution
+    from .mixed_precision import enable_mixed_precision
+    from .pipeline_config import PIPELINE_CONFIG, load_pipeline_config
     from .run import TrainingRequest, prepare_run, report_training
     from .time_budget import parse_duration, read_plan, train_within_budget
     from .train import train as run_training
@@ -114,6 +123,16 @@ def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning
         raise click.UsageError("--backbone-weights-sha256 checks --backbone-weights: give both")
     if early_stop_evals is not None and eval_every == 0:
         raise click.UsageError("--early-stop-evals needs validation: not with --eval-every 0")
+    try:
+        # First: a multi-worker strategy must exist before any other TensorFlow work in the process.
+        dist = distribution(strategy)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--strategy") from error
+    if mixed_precision:
+        try:
+            enable_mixed_precision()
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--mixed-precision") from error
     budget = None
     if time_budget is not None:
         if click.get_current_context().get_parameter_source("steps") is not click.core.ParameterSource.DEFAULT:
@@ -140,13 +159,19 @@ def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning
         fine_tune_checkpoint=fine_tune_checkpoint, batch_norm_decay=batch_norm_decay,
     )
     try:
-        config = prepare_run(request, echo=click.echo)
+        if dist.replicas > 1 or dist.workers > 1:
+            click.echo(dist.describe())
+        if dist.is_chief:
+            config = prepare_run(request, echo=click.echo)
+        dist.barrier()  # the other workers read what the chief wrote (shared --model-dir)
+        if not dist.is_chief:
+            config = load_pipeline_config(model_dir / PIPELINE_CONFIG)
         validator = None
         if eval_every != 0:
             # tqdm.write: one line per evaluation above the progress bar.
             validator = Validator.create(model_dir, config, eval_every or default_eval_every(steps),
                                          early_stop_evals, echo=tqdm.write)
-        common = {"checkpoint_every": checkpoint_every, "progress": progress, "seed": seed}
+        common = {"checkpoint_every": checkpoint_every, "progress": progress, "seed": seed, "strategy": strategy}
         if budget is not None:
             result = train_within_budget(model_dir, config, budget, validator=validator, eval_every=eval_every,
                                          warmup_steps=warmup_steps, echo=click.echo, **common)
@@ -154,6 +179,9 @@ def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning
             result = run_training(model_dir, steps, pipeline_config=config, validator=validator, **common)
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from error
+    if not dist.is_chief:
+        click.echo(f"worker done at step {result.final_step}; the chief reports the run")
+        return
     click.echo(report_training(result))
     # The picture people look at first: loss, learning rate and val mAP (detserve curves redraws it).
     from .curves import CURVES_FILENAME, HISTORY_FILENAME, plot_training_curves

@@ -120,9 +120,11 @@ def train_within_budget(model_dir: Path | str, config: TrainEvalPipelineConfig, 
     ``eval_every``: the user's --eval-every (None: a fifth of the planned run); ``warmup_steps``: the user's
     --warmup-steps (None: the default for the planned run); ``train_options`` go to ``train``."""
     from .checkpoints import checkpoint_step, latest_checkpoint
+    from .distribution import distribution
     from .pipeline_config import PIPELINE_CONFIG, save_pipeline_config
     from .train import train
 
+    dist = distribution(train_options.get("strategy", "auto"))
     model_dir = Path(model_dir)
     started = time.time()
     plan = read_plan(model_dir)
@@ -134,7 +136,7 @@ def train_within_budget(model_dir: Path | str, config: TrainEvalPipelineConfig, 
         start_step = checkpoint_step(latest_checkpoint(model_dir))
         warm = train(model_dir, start_step + WARMUP_STEPS, pipeline_config=config, **train_options)
         eval_seconds = 0.0
-        if validator is not None:
+        if validator is not None and dist.is_chief:
             # The model build and trace happen once per run: the later evaluations cost the rest.
             eval_seconds = round(validator.evaluate(warm.checkpoint)["seconds"] - validator.setup_seconds, 2)
         rates = sorted(record.steps_per_sec for record in warm.history[1:]) or [warm.final_step / max(warm.seconds, 1e-9)]
@@ -143,11 +145,14 @@ def train_within_budget(model_dir: Path | str, config: TrainEvalPipelineConfig, 
         elapsed = time.time() - started
         total = plan_steps(budget_seconds, elapsed, warm.final_step, steps_per_sec, restart_seconds, eval_seconds,
                            eval_every)
+        total = int(dist.min_over_workers(total))  # one plan for every worker: they step together
         warmup = fit_schedule(config, total, warmup_steps)
-        save_pipeline_config(config, model_dir / PIPELINE_CONFIG)
         plan = BudgetPlan(budget_seconds, total, warmup, warm.final_step, round(steps_per_sec, 4),
                           round(restart_seconds, 2), eval_seconds, seconds_spent=round(elapsed, 2))
-        plan.save(model_dir)
+        if dist.is_chief:
+            save_pipeline_config(config, model_dir / PIPELINE_CONFIG)
+            plan.save(model_dir)
+        dist.barrier()  # train_loop reads pipeline.config: the others wait until the chief has written it
         echo(f"time budget {budget_seconds:.0f}s: measured {steps_per_sec:.2f} steps/s after {warm.final_step} steps"
              f" (evaluation {eval_seconds:.1f}s, restart {restart_seconds:.1f}s); planned {total} steps, "
              f"cosine schedule refitted (warm-up {warmup} steps) in {model_dir / PIPELINE_CONFIG}")
@@ -165,7 +170,8 @@ def train_within_budget(model_dir: Path | str, config: TrainEvalPipelineConfig, 
     result = train(model_dir, target, pipeline_config=config, validator=validator, deadline=deadline,
                    **train_options)
     plan.seconds_spent = round(plan.seconds_spent + time.time() - started, 2)
-    plan.save(model_dir)
+    if dist.is_chief:
+        plan.save(model_dir)
     if warm is not None:  # one result for the whole run: the warm-up's steps come first
         result.history[:0] = warm.history
         result.start_step, result.seconds = warm.start_step, result.seconds + warm.seconds

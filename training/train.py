@@ -73,6 +73,7 @@ class _Instrumentation:
     def __init__(self, on_iteration: Callable[[StepRecord], None]):
         self.on_iteration = on_iteration
         self.manager = None
+        self.saved_step: int | None = None
         self.history: list[StepRecord] = []
         self._pending: dict[str, float] = {}
         self.paused = False  # while the validation writes its own scalars
@@ -96,6 +97,13 @@ class _Instrumentation:
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
                 instrumentation.manager = self
+
+            def save(self, *args, **kwargs):
+                # The step of the last save, known without reading a file: a non-chief worker's checkpoints are
+                # in a temporary directory train_loop deletes when it ends.
+                path = super().save(*args, **kwargs)
+                instrumentation.saved_step = int(self.checkpoint.step.numpy())
+                return path
 
         summary.scalar, train.CheckpointManager = scalar, RecordingManager
         try:
@@ -127,10 +135,12 @@ class _History:
     """Appends the step records, and the evaluation records at their place among them, to train_history.jsonl
     as the run goes (an evaluation flushes the steps before it)."""
 
-    def __init__(self, path: Path, records: list[StepRecord]):
-        self.path, self.records, self.written = path, records, 0
+    def __init__(self, path: Path, records: list[StepRecord], write: bool = True):
+        self.path, self.records, self.written, self.write = path, records, 0, write
 
     def flush(self, evaluation: dict | None = None) -> None:
+        if not self.write:  # a non-chief worker: the chief writes the run's history
+            return
         with open(self.path, "a") as history_file:
             for record in self.records[self.written:]:
                 history_file.write(json.dumps(record.__dict__) + "\n")
@@ -156,6 +166,7 @@ def train(
     pipeline_config: TrainEvalPipelineConfig | None = None,
     validator: Validator | None = None,
     deadline: float | None = None,
+    strategy: str = "auto",
 ) -> TrainResult:
     """Train the model described by ``<model_dir>/pipeline.config`` up to ``num_steps`` total steps.
 
@@ -165,37 +176,49 @@ def train(
     runs differ slightly. ``pipeline_config``: the file's content when the caller has it (``prepare_run``
     returns it), so that it is not parsed again; train_loop itself reads the file. ``validator``: evaluate on the
     val split when it is due (and at the end), and stop early when it says so. ``deadline``: a ``time.time()``
-    after which training stops (saving and evaluating the step it reached).
+    after which training stops (saving and evaluating the step it reached). ``strategy``: the devices and workers
+    (training/distribution.py); the config's batch is the global batch, split across the replicas, and only the
+    chief writes the history and evaluates, while every worker saves and stops at the same steps.
     """
     import tensorflow as tf
     from object_detection import model_lib_v2
     from tqdm import tqdm
 
+    from .distribution import distribution
+
+    dist = distribution(strategy)
     model_dir = Path(model_dir)
     config_path = model_dir / PIPELINE_CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found; `detserve train` writes it from the options")
-    batch_size = (pipeline_config or load_pipeline_config(config_path)).train_config.batch_size
+    pipeline_config = pipeline_config or load_pipeline_config(config_path)
+    batch_size = pipeline_config.train_config.batch_size
+    dist.check_batch(batch_size)
+    dist.check_input_files(len(tf.io.gfile.glob(list(pipeline_config.train_input_reader.tf_record_input_reader.input_path))))
     latest = latest_checkpoint(model_dir)
     start_step = checkpoint_step(latest)
     if start_step >= num_steps:
         return TrainResult(model_dir, start_step, start_step, latest, [], 0.0, batch_size)
 
     per_loop = steps_per_loop(num_steps - start_step, preferred_steps_per_loop)
-    bar = tqdm(total=num_steps, initial=start_step, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=num_steps, initial=start_step, unit="step", disable=not (progress and dist.is_chief),
+               dynamic_ncols=True)
 
     instrumentation: _Instrumentation
-    history = _History(model_dir / HISTORY_FILE, [])
+    history = _History(model_dir / HISTORY_FILE, [], write=dist.is_chief)
     previous_step = start_step
 
     def save_and_validate(step: int) -> None:
         manager = instrumentation.manager
         prefix = manager.latest_checkpoint
-        if checkpoint_step(prefix) != step:
-            prefix = manager.save()
+        if instrumentation.saved_step != step:
+            prefix = manager.save()  # on every worker: saving reads sync-on-read variables (a collective)
+        if not dist.is_chief:  # its checkpoints are temporary; the chief evaluates its own
+            validator.last_step = step
+            return
         instrumentation.paused = True
         try:
-            history.flush(validator.evaluate(prefix, step))
+            history.flush(dist.outside(lambda: validator.evaluate(prefix, step)))
         finally:
             instrumentation.paused = False
 
@@ -204,22 +227,27 @@ def train(
         bar.update(record.step - bar.n)
         bar.set_postfix(loss=f"{record.total_loss:.3f}", img_s=f"{record.steps_per_sec * batch_size:.1f}")
         step, last, previous_step = record.step, previous_step, record.step
+        reason = None
         if validator is not None and validator.due(last, step, num_steps):
             save_and_validate(step)
-            if validator.should_stop():
-                raise _StopTraining(f"early stop at step {step}: no better val mAP in {validator.patience} "
-                                    f"evaluation(s) (best at step {validator.tracker.best_step})")
-        if deadline is not None and time.time() >= deadline and step < num_steps:
-            raise _StopTraining(f"time budget reached at step {step}")
+            if dist.is_chief and validator.should_stop():
+                reason = (f"early stop at step {step}: no better val mAP in {validator.patience} "
+                          f"evaluation(s) (best at step {validator.tracker.best_step})")
+        if reason is None and deadline is not None and time.time() >= deadline and step < num_steps:
+            reason = f"time budget reached at step {step}"
+        # Workers stop together: one that left the loop alone would leave the others waiting in a collective.
+        if dist.any_worker(reason is not None):
+            raise _StopTraining(reason or f"stopped with the other workers at step {step}")
 
     if seed is not None:
         # TFOD2 creates its random ops without seeds; a global seed makes their op-level seeds repeatable.
         tf.keras.utils.set_random_seed(seed)
     instrumentation = _Instrumentation(on_iteration)
+    instrumentation.saved_step = start_step  # the checkpoint the run starts from (train_loop saves step 0 itself)
     history.records = instrumentation.history
     stopped = None
     started = time.time()
-    with instrumentation.installed(), bar:
+    with instrumentation.installed(), bar, dist.strategy.scope():
         try:
             model_lib_v2.train_loop(
                 pipeline_config_path=str(config_path),
@@ -233,13 +261,17 @@ def train(
             stopped = str(stop)
         manager = instrumentation.manager
         reached = instrumentation.history[-1].step if instrumentation.history else start_step
-        if manager is not None and checkpoint_step(manager.latest_checkpoint) < reached:
+        if manager is not None and (instrumentation.saved_step or 0) < reached:
             manager.save()
         if validator is not None and manager is not None and validator.last_step != reached and stopped is not None:
             save_and_validate(reached)  # stopped on time between two evaluations: the step it reached counts too
+        if manager is not None and not dist.is_chief and tf.io.gfile.exists(manager.directory):
+            tf.io.gfile.rmtree(manager.directory)  # train_loop deleted this temporary directory; our saves remade it
     seconds = time.time() - started
     history.flush()
     final = latest_checkpoint(model_dir)
     tf.get_logger().info("training finished at %s", final)
-    return TrainResult(model_dir, start_step, checkpoint_step(final), final, instrumentation.history, seconds, batch_size,
+    # Another worker may not see the chief's last checkpoint yet: it reports the step it reached itself.
+    final_step = checkpoint_step(final) if dist.is_chief else reached
+    return TrainResult(model_dir, start_step, final_step, final, instrumentation.history, seconds, batch_size,
                        evaluations=list(validator.records) if validator is not None else [], stopped=stopped)

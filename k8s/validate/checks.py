@@ -12,6 +12,7 @@ from .serving_configs import check_configmaps_match_files
 from .stack import check_namespace, check_serving_stack, check_workload_wiring
 from .targets import Target
 from .tf_serving import check_tf_serving
+from .training_jobs import check_multinode_training
 
 
 def project_checks(objects: list[dict], target: Target, serving_dir: Path, shared: list[dict]) -> list[str]:
@@ -36,4 +37,5 @@ def project_checks(objects: list[dict], target: Target, serving_dir: Path, share
     errors += check_workload_wiring(objects)
     errors += check_configmaps_match_files(objects, serving_dir)
     errors += check_namespace(objects)
+    errors += check_multinode_training(objects)
     return errors

@@ -19,8 +19,9 @@ EXPECTED_HARDWARE = {
     "overlays/canary": "gpu",
     "overlays/cpu": "cpu",
     "jobs/train": "gpu",
+    "jobs/train-multinode": "gpu",
 }
-REQUIRED_TARGETS = ("overlays/gpu", "overlays/cpu", "overlays/canary", "jobs/train")
+REQUIRED_TARGETS = ("overlays/gpu", "overlays/cpu", "overlays/canary", "jobs/train", "jobs/train-multinode")
 # Components are rendered on top of this overlay.
 COMPONENT_HOST = "overlays/gpu"
 # Components that add Pods of their own (not containers in the serving Pod), which run on CPU on any host: their
