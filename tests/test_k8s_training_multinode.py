@@ -14,6 +14,7 @@ from k8s.validate.training_jobs import check_multinode_training
 from tests.test_k8s import KUBECTL, ROOT, VERSION, assert_reported, errors_for, plant
 
 TARGET = "jobs/train-multinode"
+TFJOB_TARGET = "jobs/train-tfjob"
 KUSTOMIZATION = f"k8s/{TARGET}/kustomization.yaml"
 JOB = f"k8s/{TARGET}/job.yaml"
 
@@ -81,3 +82,35 @@ def test_a_planted_mistake_is_named(copy_root, mistake: str) -> None:
     for relative, old, new in changes:
         plant(copy_root, relative, old, new)
     assert_reported(errors_for(copy_root, TARGET), TARGET, *fragments)
+
+
+TFJOB = f"k8s/{TFJOB_TARGET}/tfjob.yaml"
+TFJOB_PLANTED = {
+    "container name": ([(TFJOB, "            - name: tensorflow", "            - name: train")],
+                       ("no container named tensorflow",)),
+    "port name": ([(TFJOB, "                - name: tfjob-port", "                - name: worker")],
+                  ("has no port named tfjob-port",)),
+    "policy port": ([(f"k8s/{TFJOB_TARGET}/networkpolicy-train-tfjob.yaml", "          port: 2222", "          port: 2223")],
+                    ("do not let one worker reach another on port 2222",)),
+    "strategy": ([(TFJOB, "--strategy multi-worker", "--strategy auto")],
+                 ("does not train with --strategy multi-worker",)),
+}
+
+
+@needs_kubectl
+def test_the_tfjob_renders_clean_with_its_workers_reachable() -> None:
+    report = validate(ROOT, VERSION, KUBECTL, run_lint=False, only=(TFJOB_TARGET,))
+    assert not report.errors, report.errors
+    (tfjob,) = [o for o in report.rendered[TFJOB_TARGET] if o["kind"] == "TFJob"]
+    assert tfjob["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] == 2
+    claims = [o["metadata"]["name"] for o in report.rendered[TFJOB_TARGET] if o["kind"] == "PersistentVolumeClaim"]
+    assert claims == ["detserve-training-shared"]  # the same workspace as the Indexed Job's
+
+
+@needs_kubectl
+@pytest.mark.parametrize("mistake", sorted(TFJOB_PLANTED))
+def test_a_planted_tfjob_mistake_is_named(copy_root, mistake: str) -> None:
+    changes, fragments = TFJOB_PLANTED[mistake]
+    for relative, old, new in changes:
+        plant(copy_root, relative, old, new)
+    assert_reported(errors_for(copy_root, TFJOB_TARGET), TFJOB_TARGET, *fragments)

@@ -17,6 +17,8 @@ from .objects import (
     template_labels,
 )
 
+# Kubeflow's Training Operator gives each TFJob replica a headless Service of its own when it starts the Pods.
+OPERATOR_SERVICED_KINDS = {"TFJob"}
 
 def check_networking(objects: list[dict]) -> Iterator[str]:
     workloads = [(o, pod_template(o)) for o in objects if pod_template(o) is not None]
@@ -120,6 +122,8 @@ def check_isolation(objects: list[dict]) -> Iterator[str]:
         if served:
             yield from _service_ports_admitted(obj, endpoint, served, policies)
             continue
+        if obj.get("kind") in OPERATOR_SERVICED_KINDS:
+            continue  # their Services are made by an operator at run time, not rendered here
         for policy in policies:
             if netpol.selects(policy, endpoint) and "Ingress" in netpol.policy_types(policy):
                 if (policy.get("spec") or {}).get("ingress"):

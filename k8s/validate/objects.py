@@ -33,6 +33,9 @@ def pod_template(obj: dict) -> dict | None:
         return ((obj.get("spec") or {}).get("template")) or {}
     if obj.get("kind") == "CronJob":
         return (((obj.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}).get("template") or {}
+    if obj.get("kind") == "TFJob":  # Kubeflow's: the Pods of its (first) replica type, e.g. Worker
+        replicas = list(((obj.get("spec") or {}).get("tfReplicaSpecs") or {}).values())
+        return (replicas[0].get("template") or {}) if replicas else {}
     return None
 
 

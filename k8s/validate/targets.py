@@ -20,6 +20,7 @@ EXPECTED_HARDWARE = {
     "overlays/cpu": "cpu",
     "jobs/train": "gpu",
     "jobs/train-multinode": "gpu",
+    "jobs/train-tfjob": "gpu",
 }
 REQUIRED_TARGETS = ("overlays/gpu", "overlays/cpu", "overlays/canary", "jobs/train", "jobs/train-multinode")
 # Components are rendered on top of this overlay.
@@ -29,7 +30,7 @@ COMPONENT_HOST = "overlays/gpu"
 OWN_HARDWARE_COMPONENTS = {"components/web-demo"}
 # Custom resources that may appear, and where (kubernetes-validate has no schema for them; the default renders must
 # stay free of them).
-ALLOWED_CUSTOM_KINDS = {"components/servicemonitor": {"ServiceMonitor"}}
+ALLOWED_CUSTOM_KINDS = {"components/servicemonitor": {"ServiceMonitor"}, "jobs/train-tfjob": {"TFJob"}}
 
 
 @dataclass

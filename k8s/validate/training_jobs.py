@@ -5,7 +5,8 @@ resolves and admits the others. detserve builds TF_CONFIG from DETSERVE_WORKERS,
 Pod's completion index (training/distribution.py); this check holds the manifests to the same rules: the worker
 count is the Job's completions and parallelism, each address is `<job>-<index>.<subdomain>:<port>` of a headless
 Service that selects the Pods and targets that port, the NetworkPolicies let the workers call each other there, and
-every Pod asks for the same GPUs it is limited to.
+every Pod asks for the same GPUs it is limited to. A TFJob (k8s/jobs/train-tfjob) gets TF_CONFIG from the Training
+Operator, which needs its container and port names; its workers must reach each other there too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ ADDRESS = re.compile(r"^(?P<host>[a-z0-9-]+)-\{index\}\.(?P<subdomain>[a-z0-9-]+
 GPU = "nvidia.com/gpu"
 
 
+# Kubeflow's Training Operator finds a TFJob's TensorFlow container and port by these names, and writes TF_CONFIG
+# with the workers at that port.
+TFJOB_CONTAINER = "tensorflow"
+TFJOB_PORT = "tfjob-port"
+
+
 def check_multinode_training(objects: list[dict]) -> list[str]:
     errors: list[str] = []
     for job in by_kind(objects, "Job"):
@@ -37,7 +44,36 @@ def check_multinode_training(objects: list[dict]) -> list[str]:
             env = resolve_env(container, objects)
             if WORKERS_ENV in env:
                 errors += list(_check_worker(job, container, env, objects))
+    for tfjob in by_kind(objects, "TFJob"):
+        errors += list(_check_tfjob(tfjob, objects))
     return errors
+
+
+def _check_tfjob(tfjob: dict, objects: list[dict]) -> Iterator[str]:
+    containers = {c.get("name"): c for c in pod_containers(tfjob)}
+    container = containers.get(TFJOB_CONTAINER)
+    if container is None:
+        yield (f"{describe(tfjob)}: no container named {TFJOB_CONTAINER} (has {sorted(containers)}): the Training "
+               "Operator would give none of them TF_CONFIG")
+        return
+    ports = {p.get("name"): p["containerPort"] for p in container.get("ports") or []}
+    if TFJOB_PORT not in ports:
+        yield f"{describe(tfjob)}: container {TFJOB_CONTAINER} has no port named {TFJOB_PORT}, where the workers meet"
+        return
+    yield from _check_trains_multi_worker(f"{describe(tfjob)} container {TFJOB_CONTAINER}", container)
+    endpoint = next(e for o, e in netpol.pod_endpoints(objects) if o is tfjob)
+    if not netpol.allowed(netpol.network_policies(objects), endpoint, endpoint, ports[TFJOB_PORT]):
+        yield (f"{describe(tfjob)}: the NetworkPolicies do not let one worker reach another on port "
+               f"{ports[TFJOB_PORT]} ({TFJOB_PORT})")
+
+
+def _check_trains_multi_worker(what: str, container: dict) -> Iterator[str]:
+    if "--strategy multi-worker" not in " ".join(map(str, (container.get("args") or []) + (container.get("command") or []))):
+        yield f"{what}: is one of several workers but does not train with --strategy multi-worker"
+    resources = container.get("resources") or {}
+    gpus = [(resources.get(kind) or {}).get(GPU) for kind in ("requests", "limits")]
+    if gpus[0] != gpus[1]:
+        yield f"{what}: {GPU} requests {gpus[0]} and limits {gpus[1]} must be equal (extended resources)"
 
 
 def _check_worker(job: dict, container: dict, env: dict[str, str], objects: list[dict]) -> Iterator[str]:
@@ -49,12 +85,7 @@ def _check_worker(job: dict, container: dict, env: dict[str, str], objects: list
     counts = {"completions": spec.get("completions"), "parallelism": spec.get("parallelism"), WORKERS_ENV: env[WORKERS_ENV]}
     if len({str(v) for v in counts.values()}) != 1:
         yield f"{what}: the worker count must agree: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-    if "multi-worker" not in " ".join(map(str, (container.get("args") or []) + (container.get("command") or []))):
-        yield f"{what}: sets {WORKERS_ENV} but does not train with --strategy multi-worker"
-    resources = container.get("resources") or {}
-    gpus = [(resources.get(kind) or {}).get(GPU) for kind in ("requests", "limits")]
-    if gpus[0] != gpus[1]:
-        yield f"{what}: {GPU} requests {gpus[0]} and limits {gpus[1]} must be equal (extended resources)"
+    yield from _check_trains_multi_worker(what, container)
     match = ADDRESS.match(env.get(ADDRESS_ENV, ""))
     if match is None:
         yield f"{what}: {ADDRESS_ENV} {env.get(ADDRESS_ENV)!r} must be <job name>-{{index}}.<subdomain>:<port>"
