@@ -70,6 +70,8 @@ PLANTED = {
                     ("do not let one worker reach another on port 2222",)),
     "address port": ([(JOB, "detserve-train-workers:2222", "detserve-train-workers:2333")],
                      ("port 2333 is not a container port",)),
+    "backoff": ([(KUSTOMIZATION, "path: /spec/backoffLimit\n        value: 4", "path: /spec/backoffLimit\n        value: 1")],
+                ("backoffLimit 1 is below the 2 workers",)),
     "gpus": ([(KUSTOMIZATION, "limits/nvidia.com~1gpu\n        value: 1", "limits/nvidia.com~1gpu\n        value: 2")],
              ("nvidia.com/gpu requests 1 and limits 2 must be equal",)),
 }

@@ -128,6 +128,13 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+def _assert_no_worker_directories(model_dir: Path) -> None:
+    """TFOD2's get_filepath: a non-chief worker checkpoints into temp_worker_<id>/ and logs into train/temp_worker_<id>/."""
+    assert (model_dir / "train").is_dir()
+    leftovers = [p for directory in (model_dir, model_dir / "train") for p in directory.glob("temp_worker_*")]
+    assert not leftovers
+
+
 def _two_workers(command: list[str]) -> tuple[str, str]:
     """Run ``command`` as worker 0 (the chief) and worker 1 of a TF_CONFIG cluster on 127.0.0.1; their outputs."""
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
@@ -155,8 +162,8 @@ def test_two_local_workers_train_like_one_device_and_leave_one_checkpoint(two_sh
     assert "strategy multi-worker: 2 replica(s) (2 workers; this one: /job:worker/replica:0/task:0/" in chief
     assert "worker done at step 6; the chief reports the run" in worker
     assert f"trained steps 0->{STEPS}" in chief
-    # The chief alone writes into the shared model directory; the other worker's temporary one is gone.
-    assert not [p.name for p in model_dir.iterdir() if p.name.startswith("workertemp")]
+    # The chief alone writes into the shared model directory; the other worker's temporary ones are gone.
+    _assert_no_worker_directories(model_dir)
     _assert_agrees(_losses(model_dir), _losses(one_device_run))
     _assert_validated(model_dir)
     assert _checkpoint_variables(model_dir) == _checkpoint_variables(one_device_run)
@@ -171,7 +178,7 @@ def test_two_workers_plan_one_time_budget_and_stop_at_the_same_step(two_shard_da
     final = max(_losses(model_dir))
     assert f"worker done at step {final};" in worker  # both left the loop at the step the chief saved
     assert f"planned {plan['total_steps']} steps" in chief and f"planned {plan['total_steps']} steps" in worker
-    assert not [p.name for p in model_dir.iterdir() if p.name.startswith("workertemp")]
+    _assert_no_worker_directories(model_dir)
 
 
 def test_a_global_batch_that_does_not_split_is_refused() -> None:
@@ -218,15 +225,22 @@ def test_mixed_precision_is_refused_without_a_gpu(tmp_path: Path) -> None:
 MIXED_PRECISION_RUN = """
 import json, sys
 from pathlib import Path
+import tensorflow as tf
 from detserve.training.mixed_precision import enable_mixed_precision
-enable_mixed_precision(require_gpu=False)  # the float16 path, slow on a CPU but the same code as on a GPU
 from detserve.training.run import TrainingRequest, prepare_run
 from detserve.training.train import train
-data, model_dir = Path(sys.argv[1]), Path(sys.argv[2])
-prepare_run(TrainingRequest(data_dir=data, model_dir=model_dir, steps=4, batch_size=2, depth_multiplier=0.35,
-                            image_size=128, augmentations=[]), echo=None)
-result = train(model_dir, 4, checkpoint_every=2, preferred_steps_per_loop=1, progress=False, seed=0)
-print(json.dumps([record.total_loss for record in result.history]))
+data, root = Path(sys.argv[1]), Path(sys.argv[2])
+losses = {}
+for precision in ("float32", "mixed_float16"):  # the same seeded run, then in float16
+    if precision == "mixed_float16":
+        enable_mixed_precision(require_gpu=False)  # the float16 path, slow on a CPU but the code a GPU runs
+    model_dir = root / precision
+    prepare_run(TrainingRequest(data_dir=data, model_dir=model_dir, steps=4, batch_size=2, depth_multiplier=0.35,
+                                image_size=128, anchor_scale=4.0, augmentations=[]), echo=None)
+    result = train(model_dir, 4, checkpoint_every=2, preferred_steps_per_loop=1, progress=False, seed=0)
+    losses[precision] = [record.total_loss for record in result.history]
+losses["compute_dtype"] = tf.keras.mixed_precision.global_policy().compute_dtype
+print(json.dumps(losses))
 """
 
 
@@ -235,12 +249,19 @@ def test_mixed_precision_trains_float16_and_keeps_float32_weights(two_shard_data
 
     import tensorflow as tf
 
-    result = subprocess.run([sys.executable, "-c", MIXED_PRECISION_RUN, str(two_shard_data), str(tmp_path / "mp")],
+    from detserve.training.checkpoints import latest_checkpoint
+
+    result = subprocess.run([sys.executable, "-c", MIXED_PRECISION_RUN, str(two_shard_data), str(tmp_path)],
                             env=_environment(), capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stdout + result.stderr
     losses = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(losses) == 4 and all(math.isfinite(loss) and 0 < loss < 10 for loss in losses), losses
-    dtypes = tf.train.load_checkpoint(str(tmp_path / "mp" / "ckpt-3")).get_variable_to_dtype_map()
+    assert losses.pop("compute_dtype") == "float16"
+    full, mixed = losses["float32"], losses["mixed_float16"]
+    assert len(mixed) == 4 and all(math.isfinite(loss) for loss in mixed), mixed
+    # float16 arithmetic: close to the float32 run, but not the same numbers (it did compute in float16).
+    assert mixed != full
+    assert all(abs(m - f) <= LOSS_TOLERANCE * f for m, f in zip(mixed, full, strict=True)), (mixed, full)
+    dtypes = tf.train.load_checkpoint(latest_checkpoint(tmp_path / "mixed_float16")).get_variable_to_dtype_map()
     assert {dtype for name, dtype in dtypes.items() if name.startswith("model/")} == {tf.float32}
     # The dynamic loss scale is part of the run's state (LossScaleOptimizer).
     assert "optimizer/loss_scale/current_loss_scale/.ATTRIBUTES/VARIABLE_VALUE" in dtypes

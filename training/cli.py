@@ -109,10 +109,10 @@ def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning
     """Train SSD MobileNetV2 FPN-Lite with TFOD2 on the TFRecords in --data."""
     from tqdm import tqdm
 
-    from .distribution import distribution
+    from .distribution import WorkerFailed, distribution
     from .mixed_precision import enable_mixed_precision
     from .pipeline_config import PIPELINE_CONFIG, load_pipeline_config
-    from .run import TrainingRequest, prepare_run, report_training
+    from .run import TrainingRequest, prepare_run
     from .time_budget import parse_duration, read_plan, train_within_budget
     from .train import train as run_training
     from .validation import Validator, default_eval_every
@@ -161,9 +161,8 @@ def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning
     try:
         if dist.replicas > 1 or dist.workers > 1:
             click.echo(dist.describe())
-        if dist.is_chief:
-            config = prepare_run(request, echo=click.echo)
-        dist.barrier()  # the other workers read what the chief wrote (shared --model-dir)
+        # The other workers read what the chief wrote (a shared --model-dir).
+        config = dist.on_chief(lambda: prepare_run(request, echo=click.echo))
         if not dist.is_chief:
             config = load_pipeline_config(model_dir / PIPELINE_CONFIG)
         validator = None
@@ -177,15 +176,20 @@ def train(data_dir: Path, model_dir: Path, steps: int, batch_size: int, learning
                                          warmup_steps=warmup_steps, echo=click.echo, **common)
         else:
             result = run_training(model_dir, steps, pipeline_config=config, validator=validator, **common)
-    except (FileNotFoundError, ValueError) as error:
+        # Every worker waits for the chief's report: one that exited first would fail the chief's coordination.
+        dist.on_chief(lambda: _report(result, model_dir))
+    except (FileNotFoundError, ValueError, WorkerFailed) as error:
         raise click.ClickException(str(error)) from error
     if not dist.is_chief:
         click.echo(f"worker done at step {result.final_step}; the chief reports the run")
-        return
+
+
+def _report(result, model_dir: Path) -> None:
+    from .curves import CURVES_FILENAME, HISTORY_FILENAME, plot_training_curves
+    from .run import report_training
+
     click.echo(report_training(result))
     # The picture people look at first: loss, learning rate and val mAP (detserve curves redraws it).
-    from .curves import CURVES_FILENAME, HISTORY_FILENAME, plot_training_curves
-
     try:
         click.echo(f"curves: {plot_training_curves(model_dir / HISTORY_FILENAME, model_dir / CURVES_FILENAME)}")
     except (FileNotFoundError, ValueError) as error:  # a run that trained nothing has nothing to draw

@@ -9,6 +9,8 @@ must follow the same rules, and this module gives it the means:
 - ``Distribution.is_chief``: only the chief writes the history, the best checkpoint, plans and evaluations.
 - ``Distribution.any_worker`` / ``min_over_workers``: decisions taken in one process (the deadline, an early
   stop, the planned step count) are agreed by all workers, or one stops while the others wait in a collective.
+- ``Distribution.on_chief``: work only the chief does (preparing the run, an evaluation, the report) with the
+  others waiting for it, and failing with it when it fails.
 - ``Distribution.outside``: an evaluation builds its own model; run inside the strategy's scope its variables would
   be mirrored (and, with several workers, initialised by a collective only the chief joins).
 
@@ -93,7 +95,7 @@ class Distribution:
         return f"strategy {self.name}: {self.replicas} replica(s) ({where}{', '.join(self.devices)})"
 
     def check_batch(self, batch_size: int) -> None:
-        """The global batch must split evenly across the replicas (TFOD2 would silently round it down)."""
+        """The global batch must split evenly across the replicas (TFOD2's input pipeline fails deep inside)."""
         if batch_size % self.replicas:
             raise ValueError(f"batch_size {batch_size} does not split across the {self.replicas} replicas of "
                              f"--strategy {self.name}: give a multiple of {self.replicas} (it is the global batch)")
@@ -112,9 +114,34 @@ class Distribution:
             return flag
         return bool(self._gather(1.0 if flag else 0.0).max() > 0)
 
+    def on_chief(self, function: Callable[[], T]) -> T | None:
+        """Run ``function`` on the chief alone; the others wait for it (a barrier) and get None. When it fails, every
+        worker raises: the chief its error, the others WorkerFailed, instead of waiting for it in a collective."""
+        result, error = None, None
+        if self.is_chief:
+            try:
+                result = function()
+            except Exception as caught:  # noqa: BLE001  (re-raised below, after the workers agree)
+                error = caught
+        if self.any_worker(error is not None):
+            if error is not None:
+                raise error
+            raise WorkerFailed("the chief failed (its log says why); this worker stops with it")
+        return result
+
     def barrier(self) -> None:
-        """Wait until every worker gets here (e.g. until the chief has written what the others read)."""
+        """Wait until every worker gets here."""
         self.any_worker(False)
+
+    def agreed_seed(self, seed: int | None) -> int | None:
+        """``seed``, or with several workers and no seed one seed for all of them: TFOD2 shuffles the TFRecord file
+        names unseeded before giving each worker its share, so workers shuffling differently would read
+        overlapping files and skip others."""
+        if seed is not None or self.workers == 1:
+            return seed
+        import random
+
+        return int(self.min_over_workers(random.randrange(2**31)))
 
     def min_over_workers(self, value: float) -> float:
         """The smallest ``value`` among the workers (all of them must call it)."""
@@ -137,6 +164,10 @@ class Distribution:
         return self._thread.submit(function).result()
 
 
+class WorkerFailed(RuntimeError):
+    """Another worker (the chief) failed in work the others waited for."""
+
+
 _created: Distribution | None = None
 
 
@@ -155,6 +186,9 @@ def distribution(name: str = "auto") -> Distribution:
         if tf_config is not None:
             os.environ["TF_CONFIG"] = tf_config  # read by MultiWorkerMirroredStrategy's cluster resolver
     resolved = _resolve(name)
+    if resolved == "multi-worker" and tf_config_workers() < 1:
+        raise ValueError(f"--strategy multi-worker needs TF_CONFIG (the cluster and this task's index), or "
+                         f"{WORKERS_ENV} and {ADDRESS_ENV} in an Indexed Job (k8s/jobs/train-multinode)")
     if _created is not None:
         if _created.name != resolved:
             raise ValueError(f"this process already trains with strategy {_created.name}; it cannot switch to {resolved}")
@@ -187,9 +221,6 @@ def _create(name: str) -> Distribution:
 
     if name == "multi-worker":
         workers = tf_config_workers()
-        if workers < 1:
-            raise ValueError(f"--strategy multi-worker needs TF_CONFIG (the cluster and this task's index), or "
-                             f"{WORKERS_ENV} and {ADDRESS_ENV} in an Indexed Job (k8s/jobs/train-multinode)")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         devices = tuple(strategy.extended.worker_devices)
         return Distribution(strategy, name, devices, workers=workers,

@@ -136,9 +136,10 @@ def train_within_budget(model_dir: Path | str, config: TrainEvalPipelineConfig, 
         start_step = checkpoint_step(latest_checkpoint(model_dir))
         warm = train(model_dir, start_step + WARMUP_STEPS, pipeline_config=config, **train_options)
         eval_seconds = 0.0
-        if validator is not None and dist.is_chief:
+        if validator is not None:
             # The model build and trace happen once per run: the later evaluations cost the rest.
-            eval_seconds = round(validator.evaluate(warm.checkpoint)["seconds"] - validator.setup_seconds, 2)
+            eval_seconds = dist.on_chief(
+                lambda: round(validator.evaluate(warm.checkpoint)["seconds"] - validator.setup_seconds, 2)) or 0.0
         rates = sorted(record.steps_per_sec for record in warm.history[1:]) or [warm.final_step / max(warm.seconds, 1e-9)]
         steps_per_sec = rates[len(rates) // 2]
         restart_seconds = max(0.0, warm.seconds - (warm.final_step - warm.start_step) / steps_per_sec)
@@ -149,10 +150,11 @@ def train_within_budget(model_dir: Path | str, config: TrainEvalPipelineConfig, 
         warmup = fit_schedule(config, total, warmup_steps)
         plan = BudgetPlan(budget_seconds, total, warmup, warm.final_step, round(steps_per_sec, 4),
                           round(restart_seconds, 2), eval_seconds, seconds_spent=round(elapsed, 2))
-        if dist.is_chief:
+        def write_plan() -> None:
             save_pipeline_config(config, model_dir / PIPELINE_CONFIG)
             plan.save(model_dir)
-        dist.barrier()  # train_loop reads pipeline.config: the others wait until the chief has written it
+
+        dist.on_chief(write_plan)  # train_loop reads pipeline.config: the others wait until the chief has written it
         echo(f"time budget {budget_seconds:.0f}s: measured {steps_per_sec:.2f} steps/s after {warm.final_step} steps"
              f" (evaluation {eval_seconds:.1f}s, restart {restart_seconds:.1f}s); planned {total} steps, "
              f"cosine schedule refitted (warm-up {warmup} steps) in {model_dir / PIPELINE_CONFIG}")

@@ -149,6 +149,20 @@ class _History:
                 history_file.write(json.dumps(evaluation) + "\n")
 
 
+def _remove_worker_directories(strategy, model_dir: Path, manager) -> None:
+    """A non-chief worker's temporary checkpoint and TensorBoard directories (TFOD2's get_filepath): train_loop
+    deletes them only when it runs to its end, and our last saves make the checkpoint one again."""
+    import tensorflow as tf
+    from object_detection.model_lib_v2 import get_filepath
+
+    directories = [get_filepath(strategy, str(model_dir / "train"))]
+    if manager is not None:
+        directories.append(manager.directory)
+    for directory in directories:
+        if tf.io.gfile.exists(directory):
+            tf.io.gfile.rmtree(directory)
+
+
 def steps_per_loop(remaining_steps: int, preferred: int) -> int:
     """Steps per ``tf.function`` call: as many as ``preferred`` but dividing the remaining steps exactly
     (train_loop overshoots otherwise)."""
@@ -213,12 +227,10 @@ def train(
         prefix = manager.latest_checkpoint
         if instrumentation.saved_step != step:
             prefix = manager.save()  # on every worker: saving reads sync-on-read variables (a collective)
-        if not dist.is_chief:  # its checkpoints are temporary; the chief evaluates its own
-            validator.last_step = step
-            return
+        validator.last_step = step  # (the chief's evaluate sets it too)
         instrumentation.paused = True
-        try:
-            history.flush(dist.outside(lambda: validator.evaluate(prefix, step)))
+        try:  # the chief evaluates its own checkpoint (the others' are temporary) while they wait
+            dist.on_chief(lambda: history.flush(dist.outside(lambda: validator.evaluate(prefix, step))))
         finally:
             instrumentation.paused = False
 
@@ -239,6 +251,7 @@ def train(
         if dist.any_worker(reason is not None):
             raise _StopTraining(reason or f"stopped with the other workers at step {step}")
 
+    seed = dist.agreed_seed(seed)
     if seed is not None:
         # TFOD2 creates its random ops without seeds; a global seed makes their op-level seeds repeatable.
         tf.keras.utils.set_random_seed(seed)
@@ -265,8 +278,8 @@ def train(
             manager.save()
         if validator is not None and manager is not None and validator.last_step != reached and stopped is not None:
             save_and_validate(reached)  # stopped on time between two evaluations: the step it reached counts too
-        if manager is not None and not dist.is_chief and tf.io.gfile.exists(manager.directory):
-            tf.io.gfile.rmtree(manager.directory)  # train_loop deleted this temporary directory; our saves remade it
+        if not dist.is_chief:
+            _remove_worker_directories(dist.strategy, model_dir, manager)
     seconds = time.time() - started
     history.flush()
     final = latest_checkpoint(model_dir)

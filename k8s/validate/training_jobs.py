@@ -86,6 +86,10 @@ def _check_worker(job: dict, container: dict, env: dict[str, str], objects: list
     if len({str(v) for v in counts.values()}) != 1:
         yield f"{what}: the worker count must agree: " + ", ".join(f"{k} {v}" for k, v in counts.items())
     yield from _check_trains_multi_worker(what, container)
+    workers = int(env[WORKERS_ENV]) if env[WORKERS_ENV].isdigit() else 0
+    if spec.get("backoffLimit", 6) < workers:
+        yield (f"{what}: backoffLimit {spec.get('backoffLimit', 6)} is below the {workers} workers: one failure "
+               f"stops every worker and costs {workers} of it, so not even one retry would run")
     match = ADDRESS.match(env.get(ADDRESS_ENV, ""))
     if match is None:
         yield f"{what}: {ADDRESS_ENV} {env.get(ADDRESS_ENV)!r} must be <job name>-{{index}}.<subdomain>:<port>"
