@@ -27,7 +27,7 @@ PIPELINE_CONFIG = "pipeline.config"  # the name TFOD2's config_util.save_pipelin
 
 __all__ = [
     "PIPELINE_CONFIG", "TrainingOptions", "build_pipeline_config", "load_pipeline_config",
-    "parse_pipeline_config", "render_pipeline_config", "resolved_anchor_scale", "save_pipeline_config", "set_fine_tune_checkpoint",
+    "parse_pipeline_config", "render_pipeline_config", "require_label_map", "resolved_anchor_scale", "save_pipeline_config", "set_fine_tune_checkpoint",
     "set_step_budget", "write_pipeline_config",
 ]
 
@@ -43,9 +43,7 @@ def build_pipeline_config(options: TrainingOptions) -> TrainEvalPipelineConfig:
 
     options.validate()
     data_dir = Path(options.data_dir).resolve()
-    label_map_path = data_dir / LABEL_MAP_FILENAME
-    if not label_map_path.is_file():
-        raise FileNotFoundError(f"{label_map_path} not found: run `detserve data` first to write TFRecords and the label map")
+    label_map_path = require_label_map(data_dir)
     config = parse_pipeline_config(resources.files(__package__).joinpath("templates", TEMPLATE).read_text())
 
     ssd = config.model.ssd
@@ -78,6 +76,14 @@ def build_pipeline_config(options: TrainingOptions) -> TrainEvalPipelineConfig:
         reader.label_map_path = str(label_map_path)
         reader.tf_record_input_reader.input_path[:] = [split_pattern(data_dir, split)]
     return config
+
+
+def require_label_map(data_dir: Path | str) -> Path:
+    """``<data_dir>/label_map.pbtxt``; FileNotFoundError saying how to make it when it is missing."""
+    label_map_path = Path(data_dir).resolve() / LABEL_MAP_FILENAME
+    if not label_map_path.is_file():
+        raise FileNotFoundError(f"{label_map_path} not found: run `detserve data` first to write TFRecords and the label map")
+    return label_map_path
 
 
 def resolved_anchor_scale(options: TrainingOptions) -> float:

@@ -15,6 +15,7 @@ from .pipeline_config import (
     PIPELINE_CONFIG,
     build_pipeline_config,
     load_pipeline_config,
+    require_label_map,
     save_pipeline_config,
     set_fine_tune_checkpoint,
     set_step_budget,
@@ -82,6 +83,7 @@ def prepare_run(request: TrainingRequest, echo: Echo | None = print) -> TrainEva
         return _extend_run(config_path, latest, request.steps, echo)
 
     options = request.options()
+    require_label_map(options.data_dir)
     _require_training_records(options)
     if options.anchor_scale is None:
         fit = fit_anchor_scale_to_split(options.data_dir, options.train_split, options.image_size)
