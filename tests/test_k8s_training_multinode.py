@@ -77,15 +77,6 @@ PLANTED = {
 }
 
 
-@needs_kubectl
-@pytest.mark.parametrize("mistake", sorted(PLANTED))
-def test_a_planted_mistake_is_named(copy_root, mistake: str) -> None:
-    changes, fragments = PLANTED[mistake]
-    for relative, old, new in changes:
-        plant(copy_root, relative, old, new)
-    assert_reported(errors_for(copy_root, TARGET), TARGET, *fragments)
-
-
 TFJOB = f"k8s/{TFJOB_TARGET}/tfjob.yaml"
 TFJOB_PLANTED = {
     "container name": ([(TFJOB, "            - name: tensorflow", "            - name: train")],
@@ -110,9 +101,10 @@ def test_the_tfjob_renders_clean_with_its_workers_reachable() -> None:
 
 
 @needs_kubectl
-@pytest.mark.parametrize("mistake", sorted(TFJOB_PLANTED))
-def test_a_planted_tfjob_mistake_is_named(copy_root, mistake: str) -> None:
-    changes, fragments = TFJOB_PLANTED[mistake]
+@pytest.mark.parametrize(("target", "mistake"), [*((TARGET, m) for m in sorted(PLANTED)),
+                                                 *((TFJOB_TARGET, m) for m in sorted(TFJOB_PLANTED))])
+def test_a_planted_mistake_is_named(copy_root, target: str, mistake: str) -> None:
+    changes, fragments = (PLANTED if target == TARGET else TFJOB_PLANTED)[mistake]
     for relative, old, new in changes:
         plant(copy_root, relative, old, new)
-    assert_reported(errors_for(copy_root, TFJOB_TARGET), TFJOB_TARGET, *fragments)
+    assert_reported(errors_for(copy_root, target), target, *fragments)
