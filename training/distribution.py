@@ -129,10 +129,6 @@ class Distribution:
             raise WorkerFailed("the chief failed (its log says why); this worker stops with it")
         return result
 
-    def barrier(self) -> None:
-        """Wait until every worker gets here."""
-        self.any_worker(False)
-
     def agreed_seed(self, seed: int | None) -> int | None:
         """``seed``, or with several workers and no seed one seed for all of them: TFOD2 shuffles the TFRecord file
         names unseeded before giving each worker its share, so workers shuffling differently would read

@@ -27,8 +27,8 @@ PIPELINE_CONFIG = "pipeline.config"  # the name TFOD2's config_util.save_pipelin
 
 __all__ = [
     "PIPELINE_CONFIG", "TrainingOptions", "build_pipeline_config", "load_pipeline_config",
-    "parse_pipeline_config", "render_pipeline_config", "require_label_map", "resolved_anchor_scale", "save_pipeline_config", "set_fine_tune_checkpoint",
-    "set_step_budget", "write_pipeline_config",
+    "parse_pipeline_config", "render_pipeline_config", "require_label_map", "resolved_anchor_scale",
+    "save_pipeline_config", "set_fine_tune_checkpoint", "set_step_budget", "write_pipeline_config",
 ]
 
 

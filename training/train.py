@@ -70,10 +70,10 @@ class TrainResult:
 class _Instrumentation:
     """Collects per-iteration scalars and the CheckpointManager while ``train_loop`` runs."""
 
-    def __init__(self, on_iteration: Callable[[StepRecord], None]):
+    def __init__(self, on_iteration: Callable[[StepRecord], None], saved_step: int):
         self.on_iteration = on_iteration
         self.manager = None
-        self.saved_step: int | None = None
+        self.saved_step = saved_step  # of the last checkpoint: the one the run starts from, then each save
         self.history: list[StepRecord] = []
         self._pending: dict[str, float] = {}
         self.paused = False  # while the validation writes its own scalars
@@ -255,8 +255,7 @@ def train(
     if seed is not None:
         # TFOD2 creates its random ops without seeds; a global seed makes their op-level seeds repeatable.
         tf.keras.utils.set_random_seed(seed)
-    instrumentation = _Instrumentation(on_iteration)
-    instrumentation.saved_step = start_step  # the checkpoint the run starts from (train_loop saves step 0 itself)
+    instrumentation = _Instrumentation(on_iteration, saved_step=start_step)
     history.records = instrumentation.history
     stopped = None
     started = time.time()
@@ -274,7 +273,7 @@ def train(
             stopped = str(stop)
         manager = instrumentation.manager
         reached = instrumentation.history[-1].step if instrumentation.history else start_step
-        if manager is not None and (instrumentation.saved_step or 0) < reached:
+        if manager is not None and instrumentation.saved_step < reached:
             manager.save()
         if validator is not None and manager is not None and validator.last_step != reached and stopped is not None:
             save_and_validate(reached)  # stopped on time between two evaluations: the step it reached counts too
