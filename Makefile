@@ -57,7 +57,7 @@ DEMO_DEPTH_MULTIPLIER ?= 0.35
 
 PYTEST_FLAGS ?=
 
-.PHONY: serve-check help setup lock test lint demo synth data train evaluate export export-tflite serve bench-serving bench-batching clean web-demo
+.PHONY: serve-check help setup lock test lint demo synth data train evaluate export export-tflite serve bench bench-serving bench-batching clean web-demo
 
 help:
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -141,6 +141,12 @@ export-tflite: setup ## Export $(MODEL_DIR) (best/, else the latest checkpoint) 
 
 serve: setup ## Serve $(REPOSITORY) with serving/*.config on the embedded server (gRPC :8500, REST :8501)
 	$(DETSERVE) serve --repository $(REPOSITORY) $(SERVE_FLAGS)
+
+# `make bench TF_SERVING=tensorflow/serving:2.19.1-gpu` measures TF Serving's container (docker) instead.
+TF_SERVING ?=
+bench: setup ## Where the time goes, one run: graph, gRPC/REST vs in-process and a naive wrapper, cold start, swap, export, training (docs/performance.md)
+	$(BIN)/python benchmarks/speed.py --repository $(REPOSITORY) --model $(MODEL_NAME) --model-dir $(MODEL_DIR) \
+		$(if $(wildcard $(DATA)/label_map.pbtxt),--data $(DATA)) $(if $(TF_SERVING),--tf-serving $(TF_SERVING))
 
 bench-serving: setup ## Embedded server vs in-process SavedModel: images/s, p50/p99 (an export in $(REPOSITORY))
 	$(BIN)/python benchmarks/serving_benchmark.py --repository $(REPOSITORY) --model $(MODEL_NAME)

@@ -68,6 +68,33 @@ def prepare(data: Path | None, work: Path, batch_size: int, steps: int, depth_mu
     return write_pipeline_config(options, work / "pipeline.config")
 
 
+def measure(data: Path | None, steps: int, batch_size: int, depth_multiplier: float) -> dict[str, tuple]:
+    """{trainer: (images/s median, logged iterations, wall s)} for `detserve train` and TFOD2's model_main_tf2."""
+    with tempfile.TemporaryDirectory(prefix="detserve-bench-") as tmp:
+        work = Path(tmp)
+        config = prepare(data, work, batch_size, steps, depth_multiplier)
+        runs = {
+            "detserve train": [sys.executable, "-c",
+                               "import sys; from detserve.training.train import train; "
+                               "train(sys.argv[1], int(sys.argv[2]), progress=False)",
+                               str(work / "detserve"), str(steps)],
+            "TFOD2 model_main_tf2": [sys.executable, "-c", TFOD_MAIN, f"--pipeline_config_path={config}",
+                                     f"--model_dir={work / 'tfod'}", f"--num_train_steps={steps}"],
+        }
+        (work / "detserve").mkdir()
+        (work / "detserve" / "pipeline.config").write_text(config.read_text())
+        results = {}
+        for label, command in runs.items():
+            print(f"running {label} for {steps} steps ...", flush=True)
+            seconds = run(command, label)
+            model_dir = work / ("detserve" if label.startswith("detserve") else "tfod")
+            rates = steps_per_sec_from_events(model_dir / "train")[1:]  # drop the tracing iteration
+            if not rates:
+                sys.exit(f"{label}: fewer than two logged iterations; use more --steps")
+            results[label] = (statistics.median(rates) * batch_size, len(rates), seconds)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="TFRecords + label_map.pbtxt from `detserve data`")
@@ -76,29 +103,7 @@ def main() -> None:
     parser.add_argument("--depth-multiplier", type=float, default=0.5)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="detserve-bench-") as tmp:
-        work = Path(tmp)
-        config = prepare(args.data, work, args.batch_size, args.steps, args.depth_multiplier)
-        runs = {
-            "detserve train": [sys.executable, "-c",
-                               "import sys; from detserve.training.train import train; "
-                               "train(sys.argv[1], int(sys.argv[2]), progress=False)",
-                               str(work / "detserve"), str(args.steps)],
-            "TFOD2 model_main_tf2": [sys.executable, "-c", TFOD_MAIN, f"--pipeline_config_path={config}",
-                                     f"--model_dir={work / 'tfod'}", f"--num_train_steps={args.steps}"],
-        }
-        (work / "detserve").mkdir()
-        (work / "detserve" / "pipeline.config").write_text(config.read_text())
-        results = {}
-        for label, command in runs.items():
-            print(f"running {label} for {args.steps} steps ...", flush=True)
-            seconds = run(command, label)
-            model_dir = work / ("detserve" if label.startswith("detserve") else "tfod")
-            rates = steps_per_sec_from_events(model_dir / "train")[1:]  # drop the tracing iteration
-            if not rates:
-                sys.exit(f"{label}: fewer than two logged iterations; use more --steps")
-            results[label] = (statistics.median(rates) * args.batch_size, len(rates), seconds)
-
+    results = measure(args.data, args.steps, args.batch_size, args.depth_multiplier)
     print(f"\nTraining throughput, SSD MobileNetV2 FPN-Lite {args.depth_multiplier} 320x320, batch {args.batch_size}, "
           f"{os.cpu_count()} CPU cores, {args.steps} steps")
     print(f"{'trainer':<24}{'images/s (median)':>20}{'samples':>9}{'wall s':>9}{'ratio':>8}")

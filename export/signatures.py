@@ -142,17 +142,24 @@ def build_module(
 def checkpoint_detect_fns(model, input_size: tuple[int, int] | None) -> tuple[DetectFn, DetectFn]:
     """Batched detection for a TFOD2 DetectionModel, on TFOD2's exporter path (preprocess -> predict ->
     postprocess, as in detserve.training.evaluation.predictors). Both signatures call one shared graph
-    function after preprocessing, so the SavedModel holds the network once."""
+    function after preprocessing, so the SavedModel holds the network once: frozen, with its batch norms
+    folded into the convolutions (detserve.export.graph_optimization), so it needs no variables.
+
+    This traces the model, which creates its variables: a checkpoint that does not fit fails here."""
     import tensorflow as tf
 
     from detserve.training.evaluation.predictors import detections_from_preprocessed
+
+    from .graph_optimization import freeze
 
     height, width = input_size if input_size else (None, None)
 
     @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32),
                                   tf.TensorSpec([None, 3], tf.int32)])
-    def detect_preprocessed(preprocessed, true_shapes):
+    def detect_network(preprocessed, true_shapes):
         return detections_from_preprocessed(model, preprocessed, true_shapes)
+
+    detect_preprocessed = freeze(detect_network.get_concrete_function())
 
     def detect_images(images):
         preprocessed, true_shapes = model.preprocess(tf.cast(images, tf.float32))

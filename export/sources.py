@@ -101,11 +101,10 @@ def checkpoint_builder(pipeline_config: PipelineConfig | Path | str, checkpoint:
         checkpoint_name = f"{prefix} ({_step(prefix)})"
         echo(f"building the model of {pipeline.path} with {checkpoint_name}"
              + (f", input {input_size[0]}x{input_size[1]}" if input_size else ""))
-        detect_images, detect_encoded = signatures.checkpoint_detect_fns(model, input_size)
         try:
-            module, concrete = signatures.build_module(detect_images, detect_encoded, label_map, input_size,
-                                                       {"model": model})
+            detect_images, detect_encoded = signatures.checkpoint_detect_fns(model, input_size)
             status.assert_existing_objects_matched()
+            module, concrete = signatures.build_module(detect_images, detect_encoded, label_map, input_size, {})
         except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
             raise ExportError(str(checkpoint_mismatch(prefix, pipeline.path, error))) from error
 

@@ -1,0 +1,70 @@
+"""Freezing and batch-norm folding (detserve.export.graph_optimization) on small Keras graphs built here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from detserve.export.graph_optimization import fold_batch_norms, freeze  # noqa: E402
+
+
+def _trained_batch_norm(channels: int, seed: int) -> tf.keras.layers.BatchNormalization:
+    """A BatchNormalization layer with statistics far from the identity, as after training."""
+    rng = np.random.default_rng(seed)
+    layer = tf.keras.layers.BatchNormalization(epsilon=1e-3)
+    layer.build((None, None, None, channels))
+    layer.set_weights([rng.uniform(0.5, 2.0, channels), rng.normal(0, 1, channels),
+                       rng.normal(0, 2, channels), rng.uniform(0.1, 4.0, channels)])
+    return layer
+
+
+def _network(shared_filter: bool = False):
+    """conv -> BN -> relu6 -> depthwise -> BN -> relu6 (MobileNetV2's pattern), as a concrete function;
+    ``shared_filter`` also runs the depthwise filter a second time on another branch."""
+    rng = np.random.default_rng(0)
+    conv = tf.Variable(rng.normal(0, 0.5, (3, 3, 3, 8)).astype(np.float32))
+    depthwise = tf.Variable(rng.normal(0, 0.5, (3, 3, 8, 2)).astype(np.float32))
+    norm_conv, norm_depthwise = _trained_batch_norm(8, 1), _trained_batch_norm(16, 2)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 16, 16, 3], tf.float32)])
+    def network(images):
+        x = tf.nn.relu6(norm_conv(tf.nn.conv2d(images, conv, 1, "SAME"), training=False))
+        y = tf.nn.relu6(norm_depthwise(tf.nn.depthwise_conv2d(x, depthwise, [1, 1, 1, 1], "SAME"), training=False))
+        outputs = {"features": y}
+        if shared_filter:
+            outputs["again"] = tf.nn.depthwise_conv2d(x, depthwise, [1, 1, 1, 1], "SAME")
+        return outputs
+
+    function = network.get_concrete_function()
+    function.keep_alive = (conv, depthwise, norm_conv, norm_depthwise)  # the graph holds its variables weakly
+    return function
+
+
+def _ops(function) -> set[str]:
+    return {node.op for node in function.graph.as_graph_def().node}
+
+
+def test_frozen_network_folds_every_batch_norm_and_answers_the_same():
+    function = _network()
+    frozen = freeze(function)
+    images = tf.constant(np.random.default_rng(3).uniform(0, 1, (2, 16, 16, 3)).astype(np.float32))
+    expected = function(images)["features"].numpy()
+    got = frozen(images)["features"].numpy()
+    assert not {op for op in _ops(frozen) if op.startswith("FusedBatchNorm")}
+    assert not {"ReadVariableOp", "VarHandleOp"} & _ops(frozen)
+    assert float(np.abs(got - expected).max()) < 1e-4 * max(1.0, float(np.abs(expected).max()))
+    assert float(np.abs(expected).max()) > 0.5  # the comparison is not between two all-zero maps
+
+
+def test_a_filter_another_convolution_reads_is_not_folded():
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    function = _network(shared_filter=True)
+    graph_def, folded = fold_batch_norms(convert_variables_to_constants_v2(function).graph.as_graph_def())
+    assert folded == 1  # the conv's batch norm only; the shared depthwise filter keeps its values
+    frozen = freeze(function)
+    images = tf.constant(np.random.default_rng(4).uniform(0, 1, (1, 16, 16, 3)).astype(np.float32))
+    for key, value in function(images).items():
+        np.testing.assert_allclose(frozen(images)[key].numpy(), value.numpy(), rtol=1e-4, atol=1e-4)
