@@ -2,7 +2,7 @@
 
 ``freeze`` turns a concrete function's variables into constants and folds each inference batch norm into the
 convolution before it (``fold_batch_norms``). On CPU this is where a batch-1 image spent a fifth of its time
-(docs/performance.md, "Where the time goes"):
+(docs/performance.md, "Where a batch-1 image spends its time"):
 
 - a frozen graph lets grappler fuse Conv2D + bias + Relu6 into one oneDNN/Eigen kernel, which it cannot do while
   the weights are variables read at run time;
@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-# Convolutions whose filter a following per-channel scale folds into, and the filter axes the channels are on.
+# Convolutions whose filter a following per-channel scale folds into (NHWC; channels on the filter's last axes).
 _FOLDABLE_CONVOLUTIONS = ("Conv2D", "DepthwiseConv2dNative")
 _BATCH_NORMS = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
 
