@@ -145,8 +145,8 @@ serve: setup ## Serve $(REPOSITORY) with serving/*.config on the embedded server
 # `make bench TF_SERVING=tensorflow/serving:2.19.1-gpu` measures TF Serving's container (docker) instead.
 TF_SERVING ?=
 bench: setup ## Where the time goes, one run: graph, gRPC/REST vs in-process and a naive wrapper, cold start, swap, export, training (docs/performance.md)
-	$(BIN)/python benchmarks/speed.py --repository $(REPOSITORY) --model $(MODEL_NAME) --model-dir $(MODEL_DIR) \
-		$(if $(wildcard $(DATA)/label_map.pbtxt),--data $(DATA)) $(if $(TF_SERVING),--tf-serving $(TF_SERVING))
+	$(BIN)/python benchmarks/speed.py --repository $(REPOSITORY) --model $(MODEL_NAME) \
+		$(if $(wildcard $(MODEL_DIR)/pipeline.config),--model-dir $(MODEL_DIR)) $(if $(wildcard $(DATA)/label_map.pbtxt),--data $(DATA)) $(if $(TF_SERVING),--tf-serving $(TF_SERVING))
 
 bench-serving: setup ## Embedded server vs in-process SavedModel: images/s, p50/p99 (an export in $(REPOSITORY))
 	$(BIN)/python benchmarks/serving_benchmark.py --repository $(REPOSITORY) --model $(MODEL_NAME)

@@ -62,31 +62,26 @@ def hardware() -> str:
 
 
 def latest_version(model_dir: Path) -> Path:
-    versions = sorted(int(p.name) for p in model_dir.glob("*") if p.name.isdigit()) if model_dir.is_dir() else []
+    from detserve.client.contract import version_dirs
+
+    versions = version_dirs(model_dir) if model_dir.is_dir() else {}
     if not versions:
         sys.exit(f"no exported model under {model_dir}: run `make export` (or detserve export --repository ...)")
-    return model_dir / str(versions[-1])
-
-
-def median_ms(function, calls: int) -> float:
-    function()
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+    return versions[max(versions)]
 
 
 # -- 1. the graph --------------------------------------------------------------------------------------------
 
 
 def graph_part(in_process: serving.InProcess, calls: int) -> list[str]:
+    from detserve.export.verify import median_call_ms
+
     function, name, singles = in_process.calls["uint8"]
     rows = ["| batch | median ms | ms per image |", "|---:|---:|---:|"]
     for batch in (1, 8):
         images = in_process._batch(singles, batch)
-        ms = median_ms(lambda images=images: [t.numpy() for t in function(**{name: images}).values()], calls)
+        ms = median_call_ms(lambda images=images: [t.numpy() for t in function(**{name: images}).values()],
+                            calls)
         rows.append(f"| {batch} | {ms:.1f} | {ms / batch:.1f} |")
     return rows
 
@@ -265,7 +260,7 @@ def swap_part(args, server, images) -> list[str]:
         steady_from = time.monotonic()
         time.sleep(args.seconds * 2)
         published = time.monotonic()
-        version = int(template.name) + 1000
+        version = int(template.name) + 1  # the next version, as detserve export would publish
         soak.publish_version(template, model_dir, version)
         try:
             answered = soak.wait_version(server, args.model, version, timeout=600)

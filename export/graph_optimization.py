@@ -92,12 +92,26 @@ def fold_batch_norms(graph_def):
         removed.update(link.name for chain in chains[1:] for link in chain)
     if not replaced:
         return result, 0
-    kept = [node for node in result.node if node.name not in replaced]
-    kept.extend(new for pair in replaced.values() for new in pair)
-    still_read = {_source(name) for node in kept for name in node.input}
+    nodes = [node for node in result.node if node.name not in replaced]
+    nodes.extend(new for pair in replaced.values() for new in pair)
     del result.node[:]
-    result.node.extend(node for node in kept if node.name not in removed or node.name in still_read)
+    result.node.extend(_without_unread(nodes, removed))
     return result, len(replaced)
+
+
+def _without_unread(nodes: list, candidates: set[str]) -> list:
+    """``nodes`` minus those ``candidates`` (the folded norms' parameter chains) that no remaining node reads,
+    directly or through a candidate that stays."""
+    by_name = {node.name: node for node in nodes}
+    needed = {node.name for node in nodes if node.name not in candidates}
+    pending = list(needed)
+    while pending:
+        for name in by_name[pending.pop()].input:
+            source = _source(name)
+            if source not in needed and source in by_name:
+                needed.add(source)
+                pending.append(source)
+    return [node for node in nodes if node.name in needed]
 
 
 def _constant(name: str, value: np.ndarray, device: str):

@@ -61,8 +61,9 @@ def _check_class_names(outputs, label_map: Mapping[int, str]) -> str:
     return ""
 
 
-def _time(function, runs: int = LATENCY_RUNS) -> float:
-    function()  # first call: lazy initialisation, not measured
+def median_call_ms(function, runs: int = LATENCY_RUNS) -> float:
+    """Median wall time of ``runs`` calls of ``function`` in ms, after one unmeasured call (lazy initialisation)."""
+    function()
     times = []
     for _ in range(runs):
         started = time.perf_counter()
@@ -176,7 +177,7 @@ def verify(saved_model, images: list[np.ndarray], reference: list[dict[str, np.n
             result["latency_ms"][name] = {}
             for size in LATENCY_BATCHES:
                 value = make(size)
-                result["latency_ms"][name][str(size)] = _time(lambda f=function, k=key, v=value: f(**{k: v}))
+                result["latency_ms"][name][str(size)] = median_call_ms(lambda f=function, k=key, v=value: f(**{k: v}))
     result["image_size"] = [int(first.shape[0]), int(first.shape[1])]
     result["max_score_diff"], result["max_box_diff"], result["nms_flips"] = max_score, max_box, flips
     result["ok"] = all(c["ok"] for c in checks)

@@ -10,14 +10,19 @@ tf = pytest.importorskip("tensorflow")
 from detserve.export.graph_optimization import fold_batch_norms, freeze  # noqa: E402
 
 
-def _trained_batch_norm(channels: int, seed: int) -> tf.keras.layers.BatchNormalization:
-    """A BatchNormalization layer with statistics far from the identity, as after training."""
+def _batch_norm(channels: int, seed: int):
+    """Inference batch norm (FusedBatchNormV3, what TFOD2's Keras layers trace to) with statistics far from the
+    identity, as after training; returns the function applying it and its variables."""
     rng = np.random.default_rng(seed)
-    layer = tf.keras.layers.BatchNormalization(epsilon=1e-3)
-    layer.build((None, None, None, channels))
-    layer.set_weights([rng.uniform(0.5, 2.0, channels), rng.normal(0, 1, channels),
-                       rng.normal(0, 2, channels), rng.uniform(0.1, 4.0, channels)])
-    return layer
+    params = [tf.Variable(values.astype(np.float32)) for values in (
+        rng.uniform(0.5, 2.0, channels), rng.normal(0, 1, channels), rng.normal(0, 2, channels),
+        rng.uniform(0.1, 4.0, channels))]
+
+    def apply(x):
+        scale, offset, mean, variance = params
+        return tf.compat.v1.nn.fused_batch_norm(x, scale, offset, mean, variance, epsilon=1e-3, is_training=False)[0]
+
+    return apply, params
 
 
 def _network(shared_filter: bool = False):
@@ -26,28 +31,33 @@ def _network(shared_filter: bool = False):
     rng = np.random.default_rng(0)
     conv = tf.Variable(rng.normal(0, 0.5, (3, 3, 3, 8)).astype(np.float32))
     depthwise = tf.Variable(rng.normal(0, 0.5, (3, 3, 8, 2)).astype(np.float32))
-    norm_conv, norm_depthwise = _trained_batch_norm(8, 1), _trained_batch_norm(16, 2)
+    (norm_conv, conv_params), (norm_depthwise, depthwise_params) = _batch_norm(8, 1), _batch_norm(16, 2)
 
     @tf.function(input_signature=[tf.TensorSpec([None, 16, 16, 3], tf.float32)])
     def network(images):
-        x = tf.nn.relu6(norm_conv(tf.nn.conv2d(images, conv, 1, "SAME"), training=False))
-        y = tf.nn.relu6(norm_depthwise(tf.nn.depthwise_conv2d(x, depthwise, [1, 1, 1, 1], "SAME"), training=False))
+        x = tf.nn.relu6(norm_conv(tf.nn.conv2d(images, conv, 1, "SAME")))
+        y = tf.nn.relu6(norm_depthwise(tf.nn.depthwise_conv2d(x, depthwise, [1, 1, 1, 1], "SAME")))
         outputs = {"features": y}
         if shared_filter:
             outputs["again"] = tf.nn.depthwise_conv2d(x, depthwise, [1, 1, 1, 1], "SAME")
         return outputs
 
     function = network.get_concrete_function()
-    function.keep_alive = (conv, depthwise, norm_conv, norm_depthwise)  # the graph holds its variables weakly
+    function.keep_alive = (conv, depthwise, conv_params, depthwise_params)  # the graph holds its variables weakly
     return function
 
 
+def _op_list(function) -> list[str]:
+    return [node.op for node in function.graph.as_graph_def().node]
+
+
 def _ops(function) -> set[str]:
-    return {node.op for node in function.graph.as_graph_def().node}
+    return set(_op_list(function))
 
 
 def test_frozen_network_folds_every_batch_norm_and_answers_the_same():
     function = _network()
+    assert sum(op.startswith("FusedBatchNorm") for op in _op_list(function)) == 2
     frozen = freeze(function)
     images = tf.constant(np.random.default_rng(3).uniform(0, 1, (2, 16, 16, 3)).astype(np.float32))
     expected = function(images)["features"].numpy()
@@ -68,3 +78,17 @@ def test_a_filter_another_convolution_reads_is_not_folded():
     images = tf.constant(np.random.default_rng(4).uniform(0, 1, (1, 16, 16, 3)).astype(np.float32))
     for key, value in function(images).items():
         np.testing.assert_allclose(frozen(images)[key].numpy(), value.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_folding_replaces_each_norm_by_a_bias_add_of_its_name_and_leaves_no_input_dangling():
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    graph_def = convert_variables_to_constants_v2(_network()).graph.as_graph_def()
+    norms = {node.name for node in graph_def.node if node.op.startswith("FusedBatchNorm")}
+    folded_def, folded = fold_batch_norms(graph_def)
+    assert folded == len(norms) == 2
+    by_name = {node.name: node for node in folded_def.node}
+    assert {by_name[name].op for name in norms} == {"BiasAdd"}  # their readers need no change
+    # The norms' parameters go only where nothing reads them any more (here the function's control
+    # dependencies still do, so they stay); no node may be left reading a removed one.
+    assert all({name.lstrip("^").split(":")[0] for name in node.input} <= set(by_name) for node in folded_def.node)
