@@ -146,7 +146,7 @@ serve: setup ## Serve $(REPOSITORY) with serving/*.config on the embedded server
 TF_SERVING ?=
 bench: setup ## Where the time goes, one run: graph, gRPC/REST vs in-process and a naive wrapper, cold start, swap, export, training (docs/performance.md)
 	$(BIN)/python benchmarks/speed.py --repository $(REPOSITORY) --model $(MODEL_NAME) \
-		$(if $(wildcard $(MODEL_DIR)/pipeline.config),--model-dir $(MODEL_DIR)) $(if $(wildcard $(DATA)/label_map.pbtxt),--data $(DATA)) $(if $(TF_SERVING),--tf-serving $(TF_SERVING))
+		$(if $(wildcard $(MODEL_DIR)/pipeline.config),--model-dir $(MODEL_DIR)) $(if $(wildcard $(DATA)/label_map.pbtxt),--data $(DATA)) $(if $(TF_SERVING),--tf-serving $(TF_SERVING)) $(if $(BASELINE),--baseline $(BASELINE))
 
 bench-serving: setup ## Embedded server vs in-process SavedModel: images/s, p50/p99 (an export in $(REPOSITORY))
 	$(BIN)/python benchmarks/serving_benchmark.py --repository $(REPOSITORY) --model $(MODEL_NAME)

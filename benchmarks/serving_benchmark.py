@@ -232,7 +232,7 @@ async def rest_cell(url: str, model: str, jpegs: list[bytes], concurrency: int, 
 
 def batching_file(args, directory: Path, tuned: bool) -> Path:
     """serving/batching.config with num_batch_threads = this machine's cores (the file's own rule: one thread per
-    core of the container). ``tuned`` also trades the 1 ms timeout for 5 ms and drops allowed_batch_sizes (no
+    core of the container). ``tuned`` also sets a 5 ms timeout and drops allowed_batch_sizes (no
     padding), which is what a CPU-only 2-core machine gains most from (see docs/serving.md)."""
     from google.protobuf import text_format
 

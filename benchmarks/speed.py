@@ -5,15 +5,21 @@
 
 Each part prints a table with ratios against a baseline measured in the same run, on the same machine:
 
-1. graph: the exported ``serving_default`` in this process at batch 1 and 8 (median of ``--calls`` calls);
-2. serving, closed loop at concurrency 1, 8 and 32: the in-process ceiling (one thread per client at
-   concurrency 1; one call of N images above, the batch a perfectly fed server would run), a naive HTTP wrapper
+1. graph: the exported ``serving_default`` in this process at batch 1 and 8 (median of ``--calls`` calls); with
+   ``--baseline REPOSITORY`` its latest version alternates with this one over 5 rounds, and the ratio is printed;
+2. serving, closed loop at concurrency 1, 8 and 32: the in-process ceiling of each signature (uint8 images for
+   gRPC, JPEG bytes for REST and the naive wrapper; one thread per client at concurrency 1; one call of N images
+   above, the batch a perfectly fed server would run), a naive HTTP wrapper
    that calls the model once per request (what users write first: ``http.server`` + ``serving_bytes``), and the
    server over gRPC (uint8 tensor, ``serving_default``) and REST (b64 JPEG, ``serving_bytes``) with the
    production batching config (serving/batching.config, one batch thread per core here);
 3. cold start: process start to the first AVAILABLE version, next to a bare ``import tensorflow`` (fresh
    processes, median of ``--cold-starts``);
-4. swap: p99 of gRPC requests at concurrency 8 while a new version loads and warms up, next to the p99 before it;
+4. swap: p99 of gRPC requests at concurrency 8 while a new version loads and warms up, next to the steady p99
+   between swaps (``--swaps`` swaps, their median);
+
+   3 and 4 run twice: on the version as exported, and on a copy whose warmup file holds one record per signature
+   at the largest batch size (what ``detserve export --warmup-batches largest`` writes for CPU servers);
 5. export: ``detserve export`` of ``--model-dir`` (verification included), wall time (skipped without it);
 6. training: images/s of ``detserve train`` next to TFOD2's ``model_main_tf2`` (benchmarks/train_throughput.py;
    ``--train-steps 0`` skips it).
@@ -73,16 +79,37 @@ def latest_version(model_dir: Path) -> Path:
 # -- 1. the graph --------------------------------------------------------------------------------------------
 
 
-def graph_part(in_process: serving.InProcess, calls: int) -> list[str]:
+GRAPH_ROUNDS = 5
+
+
+def graph_part(in_process: serving.InProcess, calls: int, baseline: Path | None) -> list[str]:
+    """Median ms of ``serving_default`` at batch 1 and 8; with ``baseline`` (another export's version directory),
+    both models alternate over GRAPH_ROUNDS rounds of ``calls`` calls, and the ratio is of the rounds' medians."""
+    import tensorflow as tf
+
     from detserve.export.verify import median_call_ms
 
     function, name, singles = in_process.calls["uint8"]
-    rows = ["| batch | median ms | ms per image |", "|---:|---:|---:|"]
+    models = {"this": function}
+    if baseline is not None:
+        models["baseline"] = tf.saved_model.load(str(baseline)).signatures["serving_default"]
+    header = "| batch | median ms | ms per image |" + (" baseline ms | x baseline |" if baseline else "")
+    rows = [header, "|---:|---:|---:|" + ("---:|---:|" if baseline else "")]
     for batch in (1, 8):
         images = in_process._batch(singles, batch)
-        ms = median_call_ms(lambda images=images: [t.numpy() for t in function(**{name: images}).values()],
-                            calls)
-        rows.append(f"| {batch} | {ms:.1f} | {ms / batch:.1f} |")
+        for model in models.values():
+            model(**{name: images})  # trace and warm this batch size
+        medians: dict[str, list[float]] = {label: [] for label in models}
+        for _ in range(GRAPH_ROUNDS if baseline else 1):
+            for label, model in models.items():
+                medians[label].append(median_call_ms(
+                    lambda model=model, images=images: [t.numpy() for t in model(**{name: images}).values()], calls))
+        ms = statistics.median(medians["this"])
+        row = f"| {batch} | {ms:.1f} | {ms / batch:.1f} |"
+        if baseline:
+            before = statistics.median(medians["baseline"])
+            row += f" {before:.1f} | {ms / before:.2f} |"
+        rows.append(row)
     return rows
 
 
@@ -140,7 +167,8 @@ def serving_part(args, in_process: serving.InProcess, server, naive: NaiveWrappe
     rounds: dict[tuple, list[serving.Cell]] = {}
     for number in range(args.rounds):
         for concurrency in CONCURRENCY:
-            cells = [in_process.cell("uint8", "off" if concurrency == 1 else "on", concurrency, args.seconds)]
+            mode = "off" if concurrency == 1 else "on"
+            cells = [in_process.cell(payload, mode, concurrency, args.seconds) for payload in ("uint8", "JPEG")]
             cell = asyncio.run(serving.rest_cell(naive.rest_url, args.model, jpegs, concurrency, args.seconds,
                                                  args.warmup, "off"))
             cell.path = "naive wrapper"
@@ -150,16 +178,16 @@ def serving_part(args, in_process: serving.InProcess, server, naive: NaiveWrappe
             cells.append(asyncio.run(serving.rest_cell(server.rest_url, args.model, jpegs, concurrency,
                                                        args.seconds, args.warmup, "on")))
             for cell in cells:
-                rounds.setdefault((cell.path, concurrency), []).append(cell)
-                print(f"  round {number + 1}: {cell.path:13} c={concurrency:<2} {cell.images_per_s:6.1f} img/s "
+                rounds.setdefault((cell.path, cell.payload, concurrency), []).append(cell)
+                print(f"  round {number + 1}: {cell.path:13} {cell.payload:5} c={concurrency:<2} {cell.images_per_s:6.1f} img/s "
                       f"p50 {cell.percentile(50):6.1f} ms", flush=True)
     merged = {key: serving.merge(cells) for key, cells in rounds.items()}
-    rows = ["| path | concurrency | images/s | p50 ms | p99 ms | x ceiling | p50 - ceiling p50 ms |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
-    for (path, concurrency), cell in merged.items():
-        ceiling = merged[("in-process", concurrency)]
+    rows = ["| path | payload | concurrency | images/s | p50 ms | p99 ms | x ceiling | p50 - ceiling p50 ms |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for (path, payload, concurrency), cell in merged.items():
+        ceiling = merged[("in-process", payload, concurrency)]  # the same signature in this process
         errors = f" ({cell.errors} errors)" if cell.errors else ""
-        rows.append(f"| {path} | {concurrency} | {cell.images_per_s:.1f}{errors} | {cell.percentile(50):.1f} | "
+        rows.append(f"| {path} | {payload} | {concurrency} | {cell.images_per_s:.1f}{errors} | {cell.percentile(50):.1f} | "
                     f"{cell.percentile(99):.1f} | {cell.images_per_s / ceiling.images_per_s:.2f} | "
                     f"{cell.percentile(50) - ceiling.percentile(50):+.1f} |")
     return rows
@@ -175,28 +203,29 @@ class Servers:
         self.args, self.batching, self.work = args, batching, work
         self.count = 0
 
-    def start(self):
+    def start(self, repository: Path | None = None):
         from serving_harness import ServerProcess, free_port
 
+        repository = repository or self.args.repository
         self.count += 1
         if not self.args.tf_serving:
-            flags = serving.server_flags(self.args.repository, self.args.model)
+            flags = serving.server_flags(repository, self.args.model)
             # Polling on: the swap part publishes a version for the server to find.
             flags += ["--batching-parameters-file", str(self.batching), "--file-system-poll-wait-seconds", "1"]
             return ServerProcess(flags, log_path=self.work / f"server-{self.count}.log").start()
-        return TFServingContainer(self.args, self.batching, free_port(), free_port()).start()
+        return TFServingContainer(self.args, repository, self.batching, free_port(), free_port()).start()
 
 
 class TFServingContainer:
     """TF Serving's own image, with ServerProcess's interface (grpc_target, rest_url, wait_ready, terminate)."""
 
-    def __init__(self, args, batching: Path, grpc_port: int, rest_port: int):
+    def __init__(self, args, repository: Path, batching: Path, grpc_port: int, rest_port: int):
         self.args, self.batching = args, batching
         self.grpc_target, self.rest_url = f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}"
         self.name = f"detserve-bench-{os.getpid()}-{grpc_port}"
         gpus = ["--gpus", "all"] if shutil.which("nvidia-smi") else []
         self.command = ["docker", "run", "--rm", "--name", self.name, *gpus, "-p", f"{grpc_port}:8500",
-                        "-p", f"{rest_port}:8501", "-v", f"{args.repository.resolve()}:/models:ro",
+                        "-p", f"{rest_port}:8501", "-v", f"{repository.resolve()}:/models:ro",
                         "-v", f"{batching}:/config/batching.config:ro", args.tf_serving,
                         f"--model_name={args.model}", f"--model_base_path=/models/{args.model}",
                         "--enable_batching", "--batching_parameters_file=/config/batching.config",
@@ -234,51 +263,87 @@ def bare_import_s() -> float:
     return time.perf_counter() - started
 
 
-def cold_start_part(args, servers: Servers) -> list[str]:
-    imports, starts = [], []
+def largest_warmup_repository(args, work: Path, batching: Path) -> tuple[Path, str]:
+    """A repository holding a copy of the latest version whose warmup is one record per signature at the largest
+    batch size the server's ``batching`` config forms (``detserve export --warmup-batches largest``), and what each
+    warmup file holds."""
+    from detserve.export.warmup import read_warmup_file, warmup_batch_sizes, warmup_path, write_warmup_file
+
+    template = latest_version(args.repository / args.model)
+    copy = work / "largest-warmup" / args.model / template.name
+    shutil.copytree(template, copy)
+    info = write_warmup_file(copy, args.model, warmup_batch_sizes([batching], "largest"))
+    exported = len(read_warmup_file(warmup_path(template))) if warmup_path(template).is_file() else 0
+    return copy.parents[1], f"{exported} records as exported; {info.records} at batch {info.batch_sizes[0]}"
+
+
+def cold_start_part(args, servers: Servers, variants: dict[str, Path]) -> list[str]:
+    imports, starts = [], {label: [] for label in variants}
     for _ in range(args.cold_starts):
         imports.append(bare_import_s())
-        started = time.perf_counter()
-        server = servers.start()
-        try:
-            server.wait_ready(args.model, timeout=600)
-            starts.append(time.perf_counter() - started)
-        finally:
-            server.terminate()
-    bare, cold = statistics.median(imports), statistics.median(starts)
-    return ["| what | median s | x bare import |", "|---|---:|---:|",
-            f"| `python -c 'import tensorflow'` | {bare:.1f} | 1.00 |",
-            f"| server start to AVAILABLE | {cold:.1f} | {cold / bare:.2f} |"]
+        for label, repository in variants.items():
+            started = time.perf_counter()
+            server = servers.start(repository)
+            try:
+                server.wait_ready(args.model, timeout=600)
+                starts[label].append(time.perf_counter() - started)
+            finally:
+                server.terminate()
+    bare = statistics.median(imports)
+    rows = ["| what | median s | x bare import |", "|---|---:|---:|",
+            f"| `python -c 'import tensorflow'` | {bare:.1f} | 1.00 |"]
+    for label, seconds in starts.items():
+        cold = statistics.median(seconds)
+        rows.append(f"| server start to AVAILABLE, warmup {label} | {cold:.1f} | {cold / bare:.2f} |")
+    return rows
 
 
-def swap_part(args, server, images) -> list[str]:
-    model_dir = args.repository / args.model
+SWAP_HEADER = ["| warmup | window | requests | p50 ms | p99 ms | p99 x steady | failed |",
+               "|---|---|---:|---:|---:|---:|---:|"]
+
+
+def swap_rows(args, server, images, repository: Path, label: str) -> list[str]:
+    """Steady load, then ``--swaps`` times: publish the next version (a copy of the latest), measure from the
+    publish until 1 s after it serves, then a steady gap. Each swap's p99 is set against the steady p99."""
+    model_dir = repository / args.model
     template = latest_version(model_dir)
+    published_versions, windows, steady_windows = [], [], []
     load = soak.Load(server, args.model, images, concurrency=8, grpc_workers=8).start()
     try:
         time.sleep(args.warmup)
-        steady_from = time.monotonic()
-        time.sleep(args.seconds * 2)
-        published = time.monotonic()
-        version = int(template.name) + 1  # the next version, as detserve export would publish
-        soak.publish_version(template, model_dir, version)
-        try:
+        for number in range(1, args.swaps + 1):
+            steady_from = time.monotonic()
+            time.sleep(args.seconds * 2)
+            published = time.monotonic()
+            steady_windows.append((steady_from, published))
+            version = int(template.name) + number  # the next version, as detserve export would publish
+            published_versions.append(version)
+            soak.publish_version(template, model_dir, version)
             answered = soak.wait_version(server, args.model, version, timeout=600)
             time.sleep(1.0)
-            ended = time.monotonic()
-        finally:
-            shutil.rmtree(model_dir / str(version), ignore_errors=True)
+            windows.append((published, answered, time.monotonic()))
     finally:
         load.stop()
-    steady = [s.seconds for s in load.samples if s.ok and steady_from <= s.started < published]
-    swapping = [s.seconds for s in load.samples if s.ok and published <= s.started < ended]
+        for version in published_versions:
+            shutil.rmtree(model_dir / str(version), ignore_errors=True)
+
+    def within(start: float, end: float) -> list[float]:
+        return [s.seconds for s in load.samples if s.ok and start <= s.started < end]
+
+    steady = [seconds for window in steady_windows for seconds in within(*window)]
+    p99_steady = soak.percentile(steady, 99)
     failed = sum(not s.ok for s in load.samples)
-    p99_steady, p99_swap = soak.percentile(steady, 99), soak.percentile(swapping, 99)
-    return ["| window | requests | p50 ms | p99 ms | p99 x steady |", "|---|---:|---:|---:|---:|",
-            f"| steady | {len(steady)} | {soak.percentile(steady, 50):.1f} | {p99_steady:.1f} | 1.00 |",
-            f"| publish to new version AVAILABLE + 1 s ({answered - published:.1f} s) | {len(swapping)} | "
-            f"{soak.percentile(swapping, 50):.1f} | {p99_swap:.1f} | {p99_swap / p99_steady:.2f} |",
-            f"\nfailed requests: {failed}"]
+    rows = [f"| {label} | steady | {len(steady)} | {soak.percentile(steady, 50):.1f} | {p99_steady:.1f} | 1.00 | |"]
+    ratios = []
+    for number, (published, answered, ended) in enumerate(windows, 1):
+        swapping = within(published, ended)
+        p99 = soak.percentile(swapping, 99)
+        ratios.append(p99 / p99_steady)
+        rows.append(f"| {label} | swap {number}: publish to AVAILABLE + 1 s ({answered - published:.1f} s) | "
+                    f"{len(swapping)} | {soak.percentile(swapping, 50):.1f} | {p99:.1f} | {ratios[-1]:.2f} | |")
+    rows.append(f"| {label} | **median of {len(ratios)} swaps** | | | | **{statistics.median(ratios):.2f}** | "
+                f"{failed} |")
+    return rows
 
 
 # -- 5. export, 6. training ----------------------------------------------------------------------------------
@@ -311,6 +376,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=ROOT / "models")
     parser.add_argument("--model", default="detector")
+    parser.add_argument("--baseline", type=Path, help="another repository (e.g. an older export) whose latest "
+                        "version the graph part times alternately with this one, for a same-run ratio")
     parser.add_argument("--model-dir", type=Path, help="training directory to time `detserve export` on")
     parser.add_argument("--data", type=Path, help="`detserve data` output for the training part (else synthetic)")
     parser.add_argument("--images", type=Path, default=serving.DEFAULT_IMAGES, help="JPEGs to send (synthetic if absent)")
@@ -319,6 +386,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured time before each server cell")
     parser.add_argument("--cold-starts", type=int, default=2)
+    parser.add_argument("--swaps", type=int, default=3, help="version swaps per warmup file (median p99 ratio)")
     parser.add_argument("--train-steps", type=int, default=300, help="0 skips the training part")
     parser.add_argument("--tf-serving", metavar="IMAGE", help="measure TF Serving's container instead of detserve serve")
     args = parser.parse_args()
@@ -333,23 +401,33 @@ def main() -> int:
         batching = serving.batching_file(argparse.Namespace(batch_threads=0, batching_parameters_file=None), work,
                                          tuned=False)
         servers = Servers(args, batching, work)
+        largest, held = largest_warmup_repository(args, work, batching)
+        variants = {"as exported": args.repository, "largest batch only": largest}
         in_process = serving.InProcess(version_dir, images, jpegs)
         print("## 1. graph (in-process serving_default, 320x320 uint8)\n")
-        print("\n".join(graph_part(in_process, args.calls)), "\n", flush=True)
+        baseline = latest_version(args.baseline / args.model) if args.baseline else None
+        print("\n".join(graph_part(in_process, args.calls, baseline)), "\n", flush=True)
         server, naive = servers.start(), NaiveWrapper(version_dir)
         try:
             server.wait_ready(args.model, timeout=600)
             rows = serving_part(args, in_process, server, naive, images, jpegs)
             naive.stop()
             print("\n## 2. serving (closed loop; ceiling = in-process)\n\n" + "\n".join(rows) + "\n", flush=True)
-            print("## 4. version swap under load (gRPC, concurrency 8)\n\n" + "\n".join(swap_part(args, server, images))
-                  + "\n", flush=True)
+            swap = swap_rows(args, server, images, args.repository, "as exported")
         finally:
             server.terminate()
             if naive.process.poll() is None:
                 naive.stop()
+        server = servers.start(largest)
+        try:
+            server.wait_ready(args.model, timeout=600)
+            swap += swap_rows(args, server, images, largest, "largest batch only")
+        finally:
+            server.terminate()
+        print(f"## 4. version swap under load (gRPC, concurrency 8; warmup files: {held})\n\n"
+              + "\n".join(SWAP_HEADER + swap) + "\n", flush=True)
         del in_process
-        print("## 3. cold start\n\n" + "\n".join(cold_start_part(args, servers)) + "\n", flush=True)
+        print("## 3. cold start\n\n" + "\n".join(cold_start_part(args, servers, variants)) + "\n", flush=True)
         if args.model_dir:
             print("## 5. export\n\n" + "\n".join(export_part(args, work)) + "\n", flush=True)
         else:

@@ -112,7 +112,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 def _export(build: Callable[[Path], BuiltModel], repository: Path | str, name: str, version: int | None,
             keep: int | None, serving_configs: Sequence[Path] | None, batching_configs: Sequence[Path] | None,
-            echo: Echo | None, measure_latency: bool = True, gate: QualityGate | None = None) -> ExportResult:
+            echo: Echo | None, measure_latency: bool = True, gate: QualityGate | None = None,
+            warmup_batches: str = "all") -> ExportResult:
     """Check the arguments, build into a staging directory, add the label map and the warmup, verify,
     pass the quality gate (if any), publish, prune: the sequence docs/export.md describes."""
     echo = echo or _silent
@@ -128,7 +129,8 @@ def _export(build: Callable[[Path], BuiltModel], repository: Path | str, name: s
                 raise repo.RepositoryError(f"--keep must be at least 1, got {keep}")
             references = repo.serving_references(
                 default_serving_configs() if serving_configs is None else serving_configs, name)
-        sizes = warmup_batch_sizes(default_batching_configs() if batching_configs is None else batching_configs)
+        sizes = warmup_batch_sizes(default_batching_configs() if batching_configs is None else batching_configs,
+                                   warmup_batches)
     except (repo.RepositoryError, ValueError) as error:
         raise ExportError(str(error)) from error
 
@@ -182,18 +184,20 @@ def export_checkpoint(
     echo: Echo | None = None,
     measure_latency: bool = True,
     gate: QualityGate | None = None,
+    warmup_batches: str = "all",
 ) -> ExportResult:
     """Export a TFOD2 checkpoint (prefix, or a directory: its latest; default: pipeline.config's directory).
 
     ``serving_configs``/``batching_configs`` default to serving/models*.config and the two batching
-    configs. ``gate`` (detserve.export.gate.prepare_gate): evaluate the verified candidate and refuse it below
+    configs; ``warmup_batches`` ``"largest"`` warms only the largest batch size they form (CPU servers:
+    detserve.export.warmup). ``gate`` (detserve.export.gate.prepare_gate): evaluate the verified candidate and refuse it below
     the gate's floors. Raises ExportError (nothing published) on any failure, including verification and the gate.
     """
     pipeline = read_pipeline_config(pipeline_config)  # the one parse of this export
     checkpoint = checkpoint if checkpoint is not None else pipeline.path.parent
     builder = checkpoint_builder(pipeline, checkpoint, Path(label_map) if label_map else None, echo or _silent)
     return _export(builder, repository, name, version, keep, serving_configs, batching_configs, echo, measure_latency,
-                   gate)
+                   gate, warmup_batches)
 
 
 def adopt_saved_model(
@@ -211,6 +215,7 @@ def adopt_saved_model(
     echo: Echo | None = None,
     measure_latency: bool = True,
     gate: QualityGate | None = None,
+    warmup_batches: str = "all",
 ) -> ExportResult:
     """Bring a SavedModel made by TFOD2's exporter into the repository with detserve's signatures.
 
@@ -225,4 +230,4 @@ def adopt_saved_model(
     builder = saved_model_builder(saved_model, Path(label_map) if label_map else None, pipeline, signature,
                                   echo or _silent)
     return _export(builder, repository, name, version, keep, serving_configs, batching_configs, echo, measure_latency,
-                   gate)
+                   gate, warmup_batches)

@@ -24,8 +24,10 @@ def model_spec(spec) -> ModelSpec:
     return ModelSpec(spec.name, version, spec.version_label or None)
 
 
-# Requests declaring at most this many bytes of numbers are decoded on the event loop (see PredictCall.small).
-SMALL_REQUEST_BYTES = 64 * 1024
+# Requests declaring at most this many bytes of numbers are decoded on the event loop (see PredictCall.small):
+# decoding is a copy (20 us for a 320x320 image, 130 us for 640x640), less than the hop to the request pool and
+# back (about 0.3 ms at concurrency 1). Larger requests are decoded in the pool, off the loop.
+SMALL_REQUEST_BYTES = 1024 * 1024
 
 
 def predict_call(request: predict_pb2.PredictRequest, max_tensor_bytes: int = MAX_MESSAGE_BYTES) -> PredictCall:

@@ -371,8 +371,11 @@ def test_from_saved_model_adopts_a_fixed_batch_tfod2_export(tfod2_export, export
     assert "raw_detection_boxes" in source.structured_outputs
 
     repository = tmp_path / "repository"
-    result = exporter.adopt_saved_model(tfod2_export, repository, "adopted", measure_latency=False)
+    result = exporter.adopt_saved_model(tfod2_export, repository, "adopted", measure_latency=False,
+                                        warmup_batches="largest")
     assert result.batch_mapped and result.version == 1
+    # --warmup-batches largest (CPU servers): one record per signature at the largest size both configs accept.
+    assert (result.warmup.records, result.warmup.batch_sizes) == (2, [32])
     assert "mapped per image: the source SavedModel is fixed at batch 1" in exporter.format_summary(result)
     assert result.verification["ok"]
     path = repository / "adopted" / "1"

@@ -146,3 +146,23 @@ def test_loading_a_version_runs_every_shape_the_server_forms(tmp_path_factory, c
         assert "warmup record(s)" in server.log()
         # No live request has been sent: these batches are the warmup's.
         assert _ran_shapes(server) == _formed(_options(SHIPPED[config])) - missing
+
+
+@pytest.mark.parametrize(("servers", "largest"), [("cpu", 32), ("gpu", 64), ("all", 32)])
+def test_largest_only_warms_one_batch_per_signature_and_names_what_it_leaves(tmp_path, servers, largest):
+    every = warmup_batch_sizes(default_batching_configs(servers))
+    sizes = warmup_batch_sizes(default_batching_configs(servers), "largest")
+    assert every.sizes[-1] == largest and sizes.sizes == [largest]
+    assert sizes.unwarmed == every.unwarmed  # the sizes no server accepts stay reported as before
+    note = sizes.notes[-1]
+    assert "--warmup-batches largest" in note and str(every.sizes[:-1]) in note
+    info = write_warmup_file(tmp_path, "detector", sizes)
+    shapes = [(log.predict_log.request.model_spec.signature_name,
+               next(iter(log.predict_log.request.inputs.values())).tensor_shape.dim[0].size)
+              for log in read_warmup_file(info.path)]
+    assert shapes == [(signature, largest) for signature in WARMUP_SIGNATURES]
+
+
+def test_an_unknown_warmup_batches_choice_is_refused():
+    with pytest.raises(ValueError, match="all or largest; got 'some'"):
+        warmup_batch_sizes(default_batching_configs("cpu"), "some")
