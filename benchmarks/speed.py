@@ -92,7 +92,8 @@ def graph_part(in_process: serving.InProcess, calls: int, baseline: Path | None)
     function, name, singles = in_process.calls["uint8"]
     models = {"this": function}
     if baseline is not None:
-        models["baseline"] = tf.saved_model.load(str(baseline)).signatures["serving_default"]
+        loaded = tf.saved_model.load(str(baseline))  # kept: a signature alone lets the variables be collected
+        models["baseline"] = loaded.signatures["serving_default"]
     header = "| batch | median ms | ms per image |" + (" baseline ms | x baseline |" if baseline else "")
     rows = [header, "|---:|---:|---:|" + ("---:|---:|" if baseline else "")]
     for batch in (1, 8):
@@ -267,11 +268,12 @@ def largest_warmup_repository(args, work: Path, batching: Path) -> tuple[Path, s
     """A repository holding a copy of the latest version whose warmup is one record per signature at the largest
     batch size the server's ``batching`` config forms (``detserve export --warmup-batches largest``), and what each
     warmup file holds."""
+    from serving_harness import install_version
+
     from detserve.export.warmup import read_warmup_file, warmup_batch_sizes, warmup_path, write_warmup_file
 
     template = latest_version(args.repository / args.model)
-    copy = work / "largest-warmup" / args.model / template.name
-    shutil.copytree(template, copy)
+    copy = install_version(template, work / "largest-warmup" / args.model, int(template.name))
     info = write_warmup_file(copy, args.model, warmup_batch_sizes([batching], "largest"))
     exported = len(read_warmup_file(warmup_path(template))) if warmup_path(template).is_file() else 0
     return copy.parents[1], f"{exported} records as exported; {info.records} at batch {info.batch_sizes[0]}"

@@ -113,6 +113,13 @@ def export(model_dir: Path | None, checkpoint: Path | None, pipeline_config: Pat
             raise click.ClickException(f"config not found: {path}")
     if batching_configs and warmup_for != "all":
         raise click.UsageError("--warmup-for picks shipped batching configs; do not combine it with --batching-config")
+    if warmup_batches == "largest" and warmup_for == "gpu":
+        raise click.UsageError("--warmup-batches largest is for CPU servers: a GPU server builds and autotunes "
+                               "kernels for each batch shape, so warm every size (--warmup-batches all)")
+    if warmup_batches == "largest" and warmup_for == "all" and not batching_configs:
+        click.echo("note: --warmup-batches largest with --warmup-for all: GPU servers loading this version will "
+                   "build kernels for the other batch sizes on their first requests; use --warmup-for cpu for a "
+                   "repository only CPU servers load", err=True)
     if not batching_configs and warmup_for != "all":
         batching_configs = tuple(default_batching_configs(warmup_for))
         if not batching_configs:  # an install without the serving package's configs: never warm the wrong sizes

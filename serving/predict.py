@@ -72,8 +72,8 @@ class PredictCall:
     # The inputs' (dtype, shape) from their headers, when the front end can read them before decoding the values
     # (TensorProtos): validated first, so a request declaring a huge tensor is refused before it is allocated.
     describe: Callable[[], Described] | None = None
-    # The front end knows the request is small (a few KiB of numbers): decoding it on the event loop costs less
-    # than the hop to the thread pool. Anything else is decoded and validated off the loop.
+    # The front end knows the request is small (codec.SMALL_REQUEST_BYTES, rest._OFFLOAD_JSON_BYTES): decoding it
+    # on the event loop costs less than the hop to the thread pool. Anything else is decoded and validated off it.
     small: bool = False
 
 

@@ -254,7 +254,9 @@ def test_large_requests_are_decoded_off_the_event_loop(planes):
     assert predict_call(request({"images": np.zeros((1, 8, 8, 3), np.uint8)})).small
     bomb = request({"images": typed(types_pb2.DT_UINT8, [1, 20000, 40000, 3], int_val=[7])})
     assert not predict_call(bomb).small  # declared size, not bytes sent
-    call = predict_call(request({"images": np.zeros((32, 64, 64, 3), np.uint8)}))  # 384 KiB
+    assert not predict_call(request({"images": typed(types_pb2.DT_UINT8, [1, 256, 256, 3],
+                                                      int_val=[7] * 256 * 256 * 3)})).small  # 192 KiB, value by value
+    call = predict_call(request({"images": np.zeros((200, 64, 64, 3), np.uint8)}))  # 2.3 MiB: over SMALL_CONTENT_BYTES
     assert not call.small
     entered, released, outcome = threading.Event(), threading.Event(), {}
 
@@ -272,4 +274,4 @@ def test_large_requests_are_decoded_off_the_event_loop(planes):
 
     prediction = asyncio.run(main())
     assert outcome["released"] is True
-    assert prediction.outputs["detection_scores"][:, 0].tolist() == [0.0] * 32
+    assert prediction.outputs["detection_scores"][:, 0].tolist() == [0.0] * 200

@@ -600,27 +600,27 @@ def test_load_failures_keep_tensorflow_s_code_and_anything_else_is_unknown():
 
 
 def test_a_model_sized_image_is_decoded_on_the_event_loop_and_a_large_tensor_is_not():
-    """gRPC requests up to SMALL_REQUEST_BYTES of numbers skip the hop to the request pool (PredictCall.small):
-    a 320x320 image is a 20 us copy; anything that declares more is decoded off the loop."""
+    """gRPC requests whose numbers come as tensor_content, up to SMALL_CONTENT_BYTES, skip the hop to the request
+    pool (PredictCall.small): a 640x640 image is a 130 us copy. Larger ones, and typed fields above
+    SMALL_REQUEST_BYTES (converted value by value), are decoded off the loop."""
     from tensorflow_serving.apis import predict_pb2
 
-    from detserve.serving.codec import SMALL_REQUEST_BYTES, predict_call
+    from detserve.serving.codec import predict_call
 
-    def call(shape, fill: bool = True):
+    def call(shape, typed_values: bool = False):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "detector"
         proto = request.inputs["images"]
-        if fill:
-            proto.CopyFrom(tensors.make_tensor_proto(np.zeros(shape, np.uint8)))
-        else:  # a header declaring the shape, one repeated value: the declared size counts, not the sent one
+        if typed_values:
             proto.dtype = types_pb2.DT_UINT8
             for size in shape:
                 proto.tensor_shape.dim.add().size = size
-            proto.int_val.append(7)
+            proto.int_val.extend([7] * math.prod(shape))
+        else:
+            proto.CopyFrom(tensors.make_tensor_proto(np.zeros(shape, np.uint8)))
         return predict_call(request)
 
-    assert call((1, 320, 320, 3)).small
-    assert call((1, 640, 480, 3)).small
+    assert call((1, 320, 320, 3)).small and call((1, 640, 640, 3)).small
     assert not call((1, 1024, 1024, 3)).small
-    assert 1024 * 1024 * 3 > SMALL_REQUEST_BYTES >= 640 * 480 * 3
-    assert not call((64, 320, 320, 3), fill=False).small
+    assert call((1, 100, 100, 3), typed_values=True).small  # 30 KB of int_val
+    assert not call((1, 320, 320, 3), typed_values=True).small  # the same image as tensor_content is small

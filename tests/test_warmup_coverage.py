@@ -166,3 +166,9 @@ def test_largest_only_warms_one_batch_per_signature_and_names_what_it_leaves(tmp
 def test_an_unknown_warmup_batches_choice_is_refused():
     with pytest.raises(ValueError, match="all or largest; got 'some'"):
         warmup_batch_sizes(default_batching_configs("cpu"), "some")
+
+
+def test_largest_only_is_refused_for_gpu_servers(tmp_path):
+    result = CliRunner().invoke(export_command, ["--warmup-for", "gpu", "--warmup-batches", "largest",
+                                                 "--model-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--warmup-batches largest is for CPU servers" in result.output
