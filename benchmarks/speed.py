@@ -84,7 +84,8 @@ GRAPH_ROUNDS = 5
 
 def graph_part(in_process: serving.InProcess, calls: int, baseline: Path | None) -> list[str]:
     """Median ms of ``serving_default`` at batch 1 and 8; with ``baseline`` (another export's version directory),
-    both models alternate over GRAPH_ROUNDS rounds of ``calls`` calls, and the ratio is of the rounds' medians."""
+    both models alternate over GRAPH_ROUNDS rounds of ``calls`` calls (each after median_call_ms's unmeasured
+    first call), and the ratio is of the rounds' medians."""
     import tensorflow as tf
 
     from detserve.export.verify import median_call_ms
@@ -98,8 +99,6 @@ def graph_part(in_process: serving.InProcess, calls: int, baseline: Path | None)
     rows = [header, "|---:|---:|---:|" + ("---:|---:|" if baseline else "")]
     for batch in (1, 8):
         images = in_process._batch(singles, batch)
-        for model in models.values():
-            model(**{name: images})  # trace and warm this batch size
         medians: dict[str, list[float]] = {label: [] for label in models}
         for _ in range(GRAPH_ROUNDS if baseline else 1):
             for label, model in models.items():
@@ -305,8 +304,8 @@ SWAP_HEADER = ["| warmup | window | requests | p50 ms | p99 ms | p99 x steady | 
 
 
 def swap_rows(args, server, images, repository: Path, label: str) -> list[str]:
-    """Steady load, then ``--swaps`` times: publish the next version (a copy of the latest), measure from the
-    publish until 1 s after it serves, then a steady gap. Each swap's p99 is set against the steady p99."""
+    """Under steady load, ``--swaps`` times: a steady window, then publish the next version (a copy of the latest)
+    and measure from the publish until 1 s after it serves. Each swap's p99 is set against the steady windows'."""
     model_dir = repository / args.model
     template = latest_version(model_dir)
     published_versions, windows, steady_windows = [], [], []
