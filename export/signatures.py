@@ -139,17 +139,20 @@ def build_module(
 # Detection callables for the two sources: a TFOD2 model restored from a checkpoint, a TFOD2 SavedModel.
 
 
-def checkpoint_detect_fns(model, input_size: tuple[int, int] | None) -> tuple[DetectFn, DetectFn]:
+def checkpoint_detect_fns(model, input_size: tuple[int, int] | None,
+                          nms: Callable | None = None) -> tuple[DetectFn, DetectFn]:
     """Batched detection for a TFOD2 DetectionModel, on TFOD2's exporter path (preprocess -> predict ->
     postprocess, as in detserve.training.evaluation.predictors). Both signatures call one shared graph
     function after preprocessing, so the SavedModel holds the network once: frozen, with its batch norms
     folded into the convolutions (detserve.export.graph_optimization), so it needs no variables.
+    ``nms``: the batch NMS to trace postprocess with instead of the model's (detserve.export.combined_nms).
 
     This traces the model, which creates its variables: a checkpoint that does not fit fails here."""
     import tensorflow as tf
 
     from detserve.training.evaluation.predictors import detections_from_preprocessed
 
+    from .combined_nms import nms_replaced
     from .graph_optimization import freeze
 
     height, width = input_size if input_size else (None, None)
@@ -159,7 +162,8 @@ def checkpoint_detect_fns(model, input_size: tuple[int, int] | None) -> tuple[De
     def detect_network(preprocessed, true_shapes):
         return detections_from_preprocessed(model, preprocessed, true_shapes)
 
-    detect_preprocessed = freeze(detect_network.get_concrete_function())
+    with nms_replaced(model, nms):
+        detect_preprocessed = freeze(detect_network.get_concrete_function())
 
     def detect_images(images):
         preprocessed, true_shapes = model.preprocess(tf.cast(images, tf.float32))

@@ -19,6 +19,7 @@ import detserve.training.tfod_compat  # noqa: F401, I001
 
 # isort: split
 from . import signatures
+from .combined_nms import combined_nms
 from .errors import ExportError
 from .images import encode_image, sample_images, with_resized_copies
 from .labels import load_label_map, placeholder_label_map
@@ -101,8 +102,11 @@ def checkpoint_builder(pipeline_config: PipelineConfig | Path | str, checkpoint:
         checkpoint_name = f"{prefix} ({_step(prefix)})"
         echo(f"building the model of {pipeline.path} with {checkpoint_name}"
              + (f", input {input_size[0]}x{input_size[1]}" if input_size else ""))
+        nms = combined_nms(pipeline.proto)
+        echo(f"non-max suppression: {nms.reason}" if nms.function else
+             f"non-max suppression: the model's own ({nms.reason})")
         try:
-            detect_images, detect_encoded = signatures.checkpoint_detect_fns(model, input_size)
+            detect_images, detect_encoded = signatures.checkpoint_detect_fns(model, input_size, nms.function)
             status.assert_existing_objects_matched()
             module, concrete = signatures.build_module(detect_images, detect_encoded, label_map, input_size, {})
         except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:

@@ -97,6 +97,23 @@ def test_version_layout(exported):
     assert set(label_map.values()) == {"circle", "square", "triangle"}
 
 
+def test_the_exported_graph_is_frozen_and_runs_the_combined_nms(exported):
+    """Two of what makes the export faster than TFOD2's own (docs/performance.md): no variables, and one
+    CombinedNonMaxSuppression for the batch instead of a per-image, per-class NonMaxSuppressionV5. (Batch norms
+    behind the heads' weight-shared convolutions stay; tests/test_graph_optimization.py covers the folding.)"""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((exported.path / "saved_model.pb").read_bytes())
+    graph = proto.meta_graphs[0].graph_def
+    ops = [node.op for node in graph.node] + [node.op for function in graph.library.function
+                                              for node in function.node_def]
+    assert "CombinedNonMaxSuppression" in ops
+    assert not {op for op in ops if op.startswith("NonMaxSuppression")}
+    assert not {"ReadVariableOp", "VarHandleOp"} & set(ops)
+    assert "non-max suppression: CombinedNonMaxSuppression" in exported.output
+
+
 def test_signature_names_dtypes_and_shapes(exported):
     signatures = exporter.describe_signatures(exported.path)
     assert set(signatures) == {DEFAULT_SIGNATURE, BYTES_SIGNATURE, INFO_SIGNATURE}
@@ -318,8 +335,8 @@ def test_an_export_with_rows_swapped_in_the_graph_is_refused(trained_model, tmp_
 
     original = signatures.checkpoint_detect_fns
 
-    def swapping(model, input_size):
-        detect_images, detect_encoded = original(model, input_size)
+    def swapping(model, input_size, nms=None):
+        detect_images, detect_encoded = original(model, input_size, nms)
         return (lambda images: detect_images(tf.reverse(images, [0])),
                 lambda encoded: detect_encoded(tf.reverse(encoded, [0])))
 
