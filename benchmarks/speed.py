@@ -18,8 +18,9 @@ Each part prints a table with ratios against a baseline measured in the same run
 4. swap: p99 of gRPC requests at concurrency 8 while a new version loads and warms up, next to the steady p99
    between swaps (``--swaps`` swaps, their median);
 
-   3 and 4 run twice: on the version as exported, and on a copy whose warmup file holds one record per signature
-   at the largest batch size (what ``detserve export --warmup-batches largest`` writes for CPU servers);
+   3 and 4 run three times: on the version as exported, and on two copies whose warmup file holds one record per
+   signature at the smallest or the largest batch size (``detserve export --warmup-batches smallest|largest``,
+   for CPU servers);
 5. export: ``detserve export`` of ``--model-dir`` (verification included), wall time (skipped without it);
 6. training: images/s of ``detserve train`` next to TFOD2's ``model_main_tf2`` (benchmarks/train_throughput.py;
    ``--train-steps 0`` skips it).
@@ -263,19 +264,25 @@ def bare_import_s() -> float:
     return time.perf_counter() - started
 
 
-def largest_warmup_repository(args, work: Path, batching: Path) -> tuple[Path, str]:
-    """A repository holding a copy of the latest version whose warmup is one record per signature at the largest
-    batch size the server's ``batching`` config forms (``detserve export --warmup-batches largest``), and what each
-    warmup file holds."""
+def one_size_warmup_repository(args, work: Path, batching: Path, batches: str) -> tuple[Path, str]:
+    """A repository holding a copy of the latest version whose warmup is one record per signature at the
+    ``batches`` ("smallest" or "largest") batch size the server's ``batching`` config forms (``detserve export
+    --warmup-batches ...``), and what its warmup file holds."""
     from serving_harness import install_version
 
-    from detserve.export.warmup import read_warmup_file, warmup_batch_sizes, warmup_path, write_warmup_file
+    from detserve.export.warmup import warmup_batch_sizes, write_warmup_file
 
     template = latest_version(args.repository / args.model)
-    copy = install_version(template, work / "largest-warmup" / args.model, int(template.name))
-    info = write_warmup_file(copy, args.model, warmup_batch_sizes([batching], "largest"))
-    exported = len(read_warmup_file(warmup_path(template))) if warmup_path(template).is_file() else 0
-    return copy.parents[1], f"{exported} records as exported; {info.records} at batch {info.batch_sizes[0]}"
+    copy = install_version(template, work / f"{batches}-warmup" / args.model, int(template.name))
+    info = write_warmup_file(copy, args.model, warmup_batch_sizes([batching], batches))
+    return copy.parents[1], f"{info.records} at batch {info.batch_sizes[0]}"
+
+
+def exported_warmup(args) -> str:
+    from detserve.export.warmup import read_warmup_file, warmup_path
+
+    template = latest_version(args.repository / args.model)
+    return f"{len(read_warmup_file(warmup_path(template))) if warmup_path(template).is_file() else 0} records as exported"
 
 
 def cold_start_part(args, servers: Servers, variants: dict[str, Path]) -> list[str]:
@@ -402,8 +409,11 @@ def main() -> int:
         batching = serving.batching_file(argparse.Namespace(batch_threads=0, batching_parameters_file=None), work,
                                          tuned=False)
         servers = Servers(args, batching, work)
-        largest, held = largest_warmup_repository(args, work, batching)
-        variants = {"as exported": args.repository, "largest batch only": largest}
+        variants, held = {"as exported": args.repository}, [exported_warmup(args)]
+        for batches in ("smallest", "largest"):
+            repository, holds = one_size_warmup_repository(args, work, batching, batches)
+            variants[f"{batches} batch only"] = repository
+            held.append(holds)
         in_process = serving.InProcess(version_dir, images, jpegs)
         print("## 1. graph (in-process serving_default, 320x320 uint8)\n")
         baseline = latest_version(args.baseline / args.model) if args.baseline else None
@@ -419,13 +429,14 @@ def main() -> int:
             server.terminate()
             if naive.process.poll() is None:
                 naive.stop()
-        server = servers.start(largest)
-        try:
-            server.wait_ready(args.model, timeout=600)
-            swap += swap_rows(args, server, images, largest, "largest batch only")
-        finally:
-            server.terminate()
-        print(f"## 4. version swap under load (gRPC, concurrency 8; warmup files: {held})\n\n"
+        for label, repository in list(variants.items())[1:]:
+            server = servers.start(repository)
+            try:
+                server.wait_ready(args.model, timeout=600)
+                swap += swap_rows(args, server, images, repository, label)
+            finally:
+                server.terminate()
+        print(f"## 4. version swap under load (gRPC, concurrency 8; warmup files: {'; '.join(held)})\n\n"
               + "\n".join(SWAP_HEADER + swap) + "\n", flush=True)
         del in_process
         print("## 3. cold start\n\n" + "\n".join(cold_start_part(args, servers, variants)) + "\n", flush=True)

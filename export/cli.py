@@ -10,6 +10,8 @@ import click
 from detserve.client.contract import DEFAULT_SIGNATURE
 from detserve.training.logs import quiet_tensorflow
 
+from .warmup import WARMUP_BATCHES
+
 quiet_tensorflow()
 
 if TYPE_CHECKING:
@@ -62,11 +64,12 @@ DEFAULT_MODEL_DIR = Path("runs/model")
               help="Servers that will load the version, whose shipped batching configs the warmup covers: all "
                    "(CPU and GPU servers share the repository: up to the smaller max_batch_size), or only gpu or "
                    "cpu (every batch size that server forms).")
-@click.option("--warmup-batches", "warmup_batches", type=click.Choice(["all", "largest"]), default="all",
+@click.option("--warmup-batches", "warmup_batches", type=click.Choice(list(WARMUP_BATCHES)), default="all",
               show_default=True,
               help="Which of those batch sizes get a warmup record: all (GPU servers: each shape builds its own "
-                   "kernels), or only the largest (CPU servers: halves the load time; each other size's first "
-                   "request then costs 7-30 ms more).")
+                   "kernels), or only the smallest or the largest (CPU servers: a fraction of the load time and "
+                   "of the CPU a version swap takes from live requests, smallest the least; each other size's "
+                   "first request then costs 7-54 ms more).")
 @click.option("--format", "output_format", type=click.Choice(["saved_model", "tflite"]), default="saved_model",
               show_default=True,
               help="saved_model: a version in --repository for TF Serving. tflite: <tflite-dir>/<name>-<quantize>.tflite "
@@ -113,11 +116,11 @@ def export(model_dir: Path | None, checkpoint: Path | None, pipeline_config: Pat
             raise click.ClickException(f"config not found: {path}")
     if batching_configs and warmup_for != "all":
         raise click.UsageError("--warmup-for picks shipped batching configs; do not combine it with --batching-config")
-    if warmup_batches == "largest" and warmup_for == "gpu":
-        raise click.UsageError("--warmup-batches largest is for CPU servers: a GPU server builds and autotunes "
-                               "kernels for each batch shape, so warm every size (--warmup-batches all)")
-    if warmup_batches == "largest" and warmup_for == "all" and not batching_configs:
-        click.echo("note: --warmup-batches largest with --warmup-for all: GPU servers loading this version will "
+    if warmup_batches != "all" and warmup_for == "gpu":
+        raise click.UsageError(f"--warmup-batches {warmup_batches} is for CPU servers: a GPU server builds and "
+                               "autotunes kernels for each batch shape, so warm every size (--warmup-batches all)")
+    if warmup_batches != "all" and warmup_for == "all" and not batching_configs:
+        click.echo(f"note: --warmup-batches {warmup_batches} with --warmup-for all: GPU servers loading this version will "
                    "build kernels for the other batch sizes on their first requests; use --warmup-for cpu for a "
                    "repository only CPU servers load", err=True)
     if not batching_configs and warmup_for != "all":

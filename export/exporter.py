@@ -189,8 +189,8 @@ def export_checkpoint(
     """Export a TFOD2 checkpoint (prefix, or a directory: its latest; default: pipeline.config's directory).
 
     ``serving_configs``/``batching_configs`` default to serving/models*.config and the two batching
-    configs; ``warmup_batches`` ``"largest"`` warms only the largest batch size they form (CPU servers:
-    detserve.export.warmup). ``gate`` (detserve.export.gate.prepare_gate): evaluate the verified candidate and refuse it below
+    configs; ``warmup_batches`` ``"smallest"``/``"largest"`` warms only the smallest/largest batch size they form
+    (CPU servers: detserve.export.warmup). ``gate`` (detserve.export.gate.prepare_gate): evaluate the verified candidate and refuse it below
     the gate's floors. Raises ExportError (nothing published) on any failure, including verification and the gate.
     """
     pipeline = read_pipeline_config(pipeline_config)  # the one parse of this export

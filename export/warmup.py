@@ -17,11 +17,14 @@ use, i.e. through the batching session when ``--enable_batching`` is on. So:
   version for both is warmed to 32; export for the servers that load it (``detserve export --warmup-for
   gpu``) and every shape is warmed;
 - at most 1000 records (TF Serving's ``kMaxNumRecords``; more fails the load);
-- or, with ``batches="largest"`` (``detserve export --warmup-batches largest``, for CPU servers), one record
-  per signature at the largest of those sizes. On a CPU the first call of a signature is what costs (graph
-  optimisation, 0.7-0.85 s) and the largest batch the rest (its buffers, 0.3-0.8 s); after it, each other batch
-  size's first request costs 7-30 ms more than its next one (docs/performance.md). On a GPU every shape builds
-  and autotunes its own kernels: keep every size there (the default);
+- or one record per signature at one of those sizes, for CPU servers: ``batches="smallest"`` (``detserve export
+  --warmup-batches smallest``) or ``"largest"``. On a CPU the first call of a signature is what costs (graph
+  optimisation and executor set-up, 0.23-0.3 s of one core on the face-mask model), whatever its batch size;
+  after it, each other size's first request costs 7-30 ms more than its next one (54 ms at 32), where a record
+  of that size would have cost its full batch. ``smallest`` pays only the first calls: the cheapest load, and
+  the least CPU taken from live requests during a version swap (docs/performance.md); ``largest`` also builds
+  the largest batch's buffers, for servers whose first full batch must not pay those 54 ms. On a GPU every
+  shape builds and autotunes its own kernels: keep every size there (the default);
 - small images (the graph resizes to the model's input size, so the compute path is the same).
 """
 
@@ -50,8 +53,8 @@ if TYPE_CHECKING:  # tfs_config loads TF Serving's protos: imported where it par
     from detserve.serving.tfs_config import BatchingParameters
 
 FALLBACK_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
-# What ``warmup_batch_sizes`` keeps of the formable sizes: every one, or only the largest (see the docstring).
-WARMUP_BATCHES = ("all", "largest")
+# What ``warmup_batch_sizes`` keeps of the formable sizes: every one, or only the largest or smallest (docstring).
+WARMUP_BATCHES = ("all", "largest", "smallest")
 WARMUP_IMAGE_SIZE = 64
 # One record per batch size for each of these (write_warmup_file).
 WARMUP_SIGNATURES = (DEFAULT_SIGNATURE, BYTES_SIGNATURE)
@@ -101,20 +104,22 @@ def formable_batch_sizes(params: BatchingParameters) -> list[int]:
 
 def warmup_batch_sizes(batching_configs: Sequence[Path | str], batches: str = "all") -> BatchSizes:
     """The batch sizes to warm for servers reading any of ``batching_configs``: every size each config forms,
-    up to the smallest ``max_batch_size``, or with ``batches="largest"`` only the largest of them (see the module
-    docstring).
+    up to the smallest ``max_batch_size``, or with ``batches="largest"``/``"smallest"`` only the largest or the
+    smallest of them (see the module docstring).
 
     A missing file is skipped with a note; with no file at all, 1..32 in powers of two. Raises ValueError naming
     the file when a config forms more sizes than a warmup file can hold.
     """
     if batches not in WARMUP_BATCHES:
-        raise ValueError(f"warmup batches must be {' or '.join(WARMUP_BATCHES)}; got {batches!r}")
+        raise ValueError(f"warmup batches must be {', '.join(WARMUP_BATCHES[:-1])} or {WARMUP_BATCHES[-1]}; "
+                         f"got {batches!r}")
     sizes = _formable_sizes(batching_configs)
-    if batches == "largest" and len(sizes.sizes) > 1:
-        largest = sizes.sizes[-1]
-        sizes.notes.append(f"warmup at batch {largest} only (--warmup-batches largest): on a CPU the other sizes "
-                           f"{sizes.sizes[:-1]} cost their first request 7-30 ms more; on a GPU warm every size")
-        sizes.sizes = [largest]
+    if batches != "all" and len(sizes.sizes) > 1:
+        kept = sizes.sizes[-1] if batches == "largest" else sizes.sizes[0]
+        others = [size for size in sizes.sizes if size != kept]
+        sizes.notes.append(f"warmup at batch {kept} only (--warmup-batches {batches}): on a CPU the other sizes "
+                           f"{others} cost their first request 7-54 ms more; on a GPU warm every size")
+        sizes.sizes = [kept]
     return sizes
 
 

@@ -174,7 +174,7 @@ def test_a_tflite_without_its_sidecar_is_refused_naming_the_file(fp16, tmp_path)
     (["--format", "tflite", "--keep", "2", "--version", "3"], "not a repository version): --version, --keep"),
     (["--format", "tflite", "--min-map", "0.5", "--data", "."], "not with --format tflite (it writes a file from a checkpoint, not a repository version): --min-map, --data"),
     (["--format", "tflite", "--warmup-batches", "largest"], "not a repository version): --warmup-batches"),
-    (["--warmup-batches", "some"], "'some' is not one of 'all', 'largest'"),
+    (["--warmup-batches", "some"], "'some' is not one of 'all', 'largest', 'smallest'"),
     (["--format", "tflite", "--quantize", "int4"], "'int4' is not one of 'float16', 'int8'"),
     (["--format", "tflite", "--calibration-data", "."], "--calibration-data calibrates --quantize int8"),
     (["--format", "onnx"], "'onnx' is not one of 'saved_model', 'tflite'"),

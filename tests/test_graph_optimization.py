@@ -1,6 +1,8 @@
-"""Freezing and batch-norm folding (detserve.export.graph_optimization) on small Keras graphs built here."""
+"""Freezing, batch-norm folding and simplifying (detserve.export.graph_optimization) on small graphs built here."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -92,3 +94,41 @@ def test_folding_replaces_each_norm_by_a_bias_add_of_its_name_and_leaves_no_inpu
     # The norms' parameters go only where nothing reads them any more (here the function's control
     # dependencies still do, so they stay); no node may be left reading a removed one.
     assert all({name.lstrip("^").split(":")[0] for name in node.input} <= set(by_name) for node in folded_def.node)
+
+
+def _anchored_network():
+    """A conv whose output is offset by a constant computed in the graph (as SSD's anchors are) and, twice over,
+    by the same expression of the input (a common subexpression), as a concrete function."""
+    filters = tf.Variable(np.random.default_rng(5).normal(0, 0.5, (3, 3, 3, 4)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
+    def network(images):
+        grid = tf.cast(tf.stack(tf.meshgrid(tf.range(8), tf.range(8)), axis=-1), tf.float32)  # constant
+        offset = tf.reduce_sum(grid * 0.125, axis=-1, keepdims=True)
+        features = tf.nn.conv2d(images, filters, 1, "SAME") + offset
+        return {"scores": tf.sigmoid(features) + tf.sigmoid(features), "raw": features}
+
+    function = network.get_concrete_function()
+    function.keep_alive = filters
+    return function
+
+
+def test_simplify_folds_constants_and_merges_repeats_with_the_same_answers_and_no_device_kernels():
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from detserve.export.graph_optimization import simplify
+
+    function = _anchored_network()
+    graph_def = convert_variables_to_constants_v2(function).graph.as_graph_def()
+    outputs = [tensor.name.split(":")[0] for tensor in convert_variables_to_constants_v2(function).outputs]
+    simplified = simplify(graph_def, outputs)
+    before, after = Counter(node.op for node in graph_def.node), Counter(node.op for node in simplified.node)
+    assert before["Range"] and before["Meshgrid"] + before["Reshape"] + before["Tile"] > 0
+    assert not after["Range"] and not {"Meshgrid", "Tile"} & set(after)  # the grid is one Const now
+    assert after["Sigmoid"] == 1 < before["Sigmoid"]  # the repeated expression runs once
+    assert not [op for op in after if op.startswith("_")]  # no fused kernels: those are the server's to pick
+    assert after["Placeholder"] == before["Placeholder"] == 1
+    frozen = freeze(function)
+    images = tf.constant(np.random.default_rng(6).uniform(0, 1, (2, 8, 8, 3)).astype(np.float32))
+    for key, value in function(images).items():
+        np.testing.assert_array_equal(frozen(images)[key].numpy(), value.numpy())

@@ -624,3 +624,42 @@ def test_a_model_sized_image_is_decoded_on_the_event_loop_and_a_large_tensor_is_
     assert not call((1, 1024, 1024, 3)).small
     assert call((1, 100, 100, 3), typed_values=True).small  # 30 KB of int_val
     assert not call((1, 320, 320, 3), typed_values=True).small  # the same image as tensor_content is small
+
+
+def test_the_server_freezes_what_it_imported_before_loading_so_unloaded_versions_are_still_collected(tmp_path):
+    """EmbeddedServer.load() gc.freeze()s the objects it starts with (TensorFlow's modules: a full collection no
+    longer traverses them, and one follows every unload). A version loaded after that must still be freed when
+    it is unloaded: were the freeze after the first load, version 1 would stay in memory for good."""
+    import gc
+    import weakref
+
+    from serving_harness import cached_model, install_version
+
+    from detserve.serving.options import ServerOptions
+    from detserve.serving.server import EmbeddedServer
+
+    install_version(cached_model("tiny", tmp_path / "cache", warmup=None), tmp_path / "repo" / "detector", 1)
+    server = EmbeddedServer(ServerOptions(file_system_poll_wait_seconds=0, enable_model_warmup=False),
+                            cfg.ServingConfig(model_config=cfg.single_model_config("detector", str(tmp_path / "repo" / "detector"))))
+    try:
+        server.load()
+        assert gc.get_freeze_count() > 0
+        first = server.manager.acquire("detector")
+        # A FuncGraph sits in reference cycles: only the cyclic collector frees it, and never a frozen one.
+        graph = weakref.ref(first.servable.signatures["serving_default"].function.graph)
+        first.release()
+        del first
+        install_version(cached_model("tiny", tmp_path / "cache", warmup=None), tmp_path / "repo" / "detector", 2)
+        server.manager.sync()
+        def version_1() -> State:
+            return {s.version: s.state for s in server.manager.status("detector")}[1]
+
+        deadline = time.monotonic() + 10
+        while version_1() != State.END and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert version_1() == State.END
+        assert graph() is None  # version 1's TensorFlow objects were collected, not frozen
+    finally:
+        server.manager.stop()
+        server.executor.shutdown()
+        gc.unfreeze()  # the rest of the test session collects as usual

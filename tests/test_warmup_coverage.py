@@ -149,26 +149,29 @@ def test_loading_a_version_runs_every_shape_the_server_forms(tmp_path_factory, c
 
 
 @pytest.mark.parametrize(("servers", "largest"), [("cpu", 32), ("gpu", 64), ("all", 32)])
-def test_largest_only_warms_one_batch_per_signature_and_names_what_it_leaves(tmp_path, servers, largest):
+@pytest.mark.parametrize("batches", ["largest", "smallest"])
+def test_one_size_warms_one_batch_per_signature_and_names_what_it_leaves(tmp_path, servers, largest, batches):
     every = warmup_batch_sizes(default_batching_configs(servers))
-    sizes = warmup_batch_sizes(default_batching_configs(servers), "largest")
-    assert every.sizes[-1] == largest and sizes.sizes == [largest]
+    sizes = warmup_batch_sizes(default_batching_configs(servers), batches)
+    kept = largest if batches == "largest" else 1
+    assert every.sizes[-1] == largest and every.sizes[0] == 1 and sizes.sizes == [kept]
     assert sizes.unwarmed == every.unwarmed  # the sizes no server accepts stay reported as before
     note = sizes.notes[-1]
-    assert "--warmup-batches largest" in note and str(every.sizes[:-1]) in note
+    assert f"--warmup-batches {batches}" in note and str([size for size in every.sizes if size != kept]) in note
     info = write_warmup_file(tmp_path, "detector", sizes)
     shapes = [(log.predict_log.request.model_spec.signature_name,
                next(iter(log.predict_log.request.inputs.values())).tensor_shape.dim[0].size)
               for log in read_warmup_file(info.path)]
-    assert shapes == [(signature, largest) for signature in WARMUP_SIGNATURES]
+    assert shapes == [(signature, kept) for signature in WARMUP_SIGNATURES]
 
 
 def test_an_unknown_warmup_batches_choice_is_refused():
-    with pytest.raises(ValueError, match="all or largest; got 'some'"):
+    with pytest.raises(ValueError, match="all, largest or smallest; got 'some'"):
         warmup_batch_sizes(default_batching_configs("cpu"), "some")
 
 
-def test_largest_only_is_refused_for_gpu_servers(tmp_path):
-    result = CliRunner().invoke(export_command, ["--warmup-for", "gpu", "--warmup-batches", "largest",
+@pytest.mark.parametrize("batches", ["largest", "smallest"])
+def test_one_size_is_refused_for_gpu_servers(tmp_path, batches):
+    result = CliRunner().invoke(export_command, ["--warmup-for", "gpu", "--warmup-batches", batches,
                                                  "--model-dir", str(tmp_path)])
-    assert result.exit_code == 2 and "--warmup-batches largest is for CPU servers" in result.output
+    assert result.exit_code == 2 and f"--warmup-batches {batches} is for CPU servers" in result.output
