@@ -10,10 +10,17 @@ the same; the extra fields, which the contract does not return, are not computed
 model (docs/performance.md): all 100 detections of each image identical, and post-processing 1.9 -> 1.0 ms at
 batch 1, 6.7 -> 3.9 ms at batch 8 on 2 CPU cores.
 
-One difference remains by construction: after clipping, the default path drops a box lying wholly outside the
-image (zero area) and fills its slot with the next one; the combined path returns it as a zero-area box. Such a
-box never reaches the export verification's score floor in practice, and the verification (which compares the
-export against the model on TFOD2's own path, detserve.export.verify) would refuse the version if one did.
+Two differences remain by construction, both in the low-score tail in practice:
+
+- after the cut to ``max_total_detections``, the combined path clamps each box to the image one-sidedly
+  (``post_processing._clip_boxes``), where the default path clamps both sides, drops a box lying wholly
+  outside the image (zero area) before the cut and fills its slot with the next one; the combined path returns
+  such a box inverted and counts it in ``num_detections``;
+- boxes of exactly equal score may be selected or ordered differently (NonMaxSuppressionV5 breaks ties by box
+  index, the combined kernel's queue and sort do not).
+
+The export verification compares the export against the model on TFOD2's own path for every detection above
+its score floor (detserve.export.parity) and refuses the version if either reached it.
 
 Only the signatures use it: the export's reference detections, like ``detserve evaluate``, keep the model's
 configured NMS, so the verification compares against what was evaluated.
@@ -60,12 +67,13 @@ def combined_nms(config: TrainEvalPipelineConfig) -> CombinedNms:
         return CombinedNms(None, f"batch_non_max_suppression sets {', '.join(unsupported)}")
     if config.model.ssd.HasField("mask_head_config"):
         return CombinedNms(None, "the model predicts masks")
-    # change_coordinate_frame (the proto's default: on) re-expresses boxes relative to the clip window, which
-    # the combined path cannot do. With a fixed-shape resizer the window is the whole image, [0, 0, 1, 1], and
-    # the change subtracts 0 and scales by 1: exactly nothing, so the combined path may leave it off.
+    # Only a fixed-shape resizer's clip window is the whole image, [0, 0, 1, 1]: no box of the image lies outside
+    # it, and change_coordinate_frame (the proto's default: on; the combined path cannot do it) subtracts 0 and
+    # scales by 1, exactly nothing, so the combined path may leave it off. With a padding resizer the window is
+    # smaller, anchors over the padding give boxes outside it, and the two paths clip those differently.
     resizer = config.model.ssd.image_resizer.WhichOneof("image_resizer_oneof")
-    if nms.change_coordinate_frame and resizer != "fixed_shape_resizer":
-        return CombinedNms(None, f"change_coordinate_frame with a {resizer} (its clip window is not the image)")
+    if resizer != "fixed_shape_resizer":
+        return CombinedNms(None, f"a {resizer} (its clip window is not always the whole image)")
     combined = type(post)()
     combined.CopyFrom(post)
     combined.batch_non_max_suppression.use_combined_nms = True

@@ -19,8 +19,9 @@ constant folding, common subexpression elimination, dependency optimization: 255
 model; the anchors, for one, are a constant afterwards). Every server runs these same passes when it first calls
 a signature, on every load; done here, that first call costs 290 instead of 430 ms of CPU, which a version swap
 under load takes from live requests (docs/performance.md). The device-specific passes (layout, remapper's
-fused kernels, arithmetic rewrites that reorder float math) are left to the server, so the graph holds only
-standard ops and serves on CPU and GPU alike.
+fused kernels, the arithmetic optimizer) are left to the server, so the graph holds only standard ops and
+serves on CPU and GPU alike. Constant folding may rewrite arithmetic around constants, as the server's own
+pass would; on the face-mask model the answers stayed the same bit for bit, and the verification checks them.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def freeze(function):
 
     frozen = convert_variables_to_constants_v2(function)
     graph_def, folded = fold_batch_norms(frozen.graph.as_graph_def())
-    graph_def = simplify(graph_def, [_source(tensor.name) for tensor in frozen.outputs])
+    graph_def = simplify(graph_def, [_source(tensor.name) for tensor in [*frozen.inputs, *frozen.outputs]])
     inputs = [tensor.name for tensor in frozen.inputs]
     # frozen.outputs is the flat list of function.structured_outputs, in nest order.
     outputs = tf.nest.pack_sequence_as(function.structured_outputs, [tensor.name for tensor in frozen.outputs])
@@ -57,13 +58,16 @@ def freeze(function):
         tf.nest.map_structure(wrapped.graph.as_graph_element, outputs))
 
 
-# Grappler's optimizers (meta_optimizer.cc names) whose rewrites hold on any device and keep the float math as it is.
+# Grappler's optimizers (meta_optimizer.cc names) whose rewrites hold on any device. Constant folding may rewrite
+# arithmetic around constants (as every server's grappler does at load anyway); the export's verification
+# checks the answers.
 SIMPLIFY_PASSES = ("pruning", "constfold", "common_subgraph_elimination", "dependency")
 
 
-def simplify(graph_def, fetches: list[str]):
-    """``graph_def`` after one round of SIMPLIFY_PASSES, keeping every node ``fetches`` (node names) needs; the
-    inputs stay as they are (placeholders are never folded)."""
+def simplify(graph_def, keep: list[str]):
+    """``graph_def`` after one round of SIMPLIFY_PASSES, keeping the nodes ``keep`` names (the function's inputs
+    and outputs: an input nothing reads any more must stay, or the signature could not feed it) and what they
+    need."""
     import tensorflow as tf
     from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
     from tensorflow.python.grappler import tf_optimizer
@@ -73,7 +77,7 @@ def simplify(graph_def, fetches: list[str]):
     with graph.as_default():
         tf.compat.v1.import_graph_def(graph_def, name="")
     meta_graph = saver.export_meta_graph(graph_def=graph.as_graph_def(), graph=graph)
-    meta_graph.collection_def["train_op"].node_list.value.extend(fetches)  # what grappler must keep
+    meta_graph.collection_def["train_op"].node_list.value.extend(keep)  # what grappler must keep
     config = config_pb2.ConfigProto()
     rewrite = config.graph_options.rewrite_options
     rewrite.optimizers.extend(SIMPLIFY_PASSES)

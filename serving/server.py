@@ -93,7 +93,9 @@ class EmbeddedServer:
             self.manager.warmup = partial(replay_warmup, self.plane)
         # What is loaded by now (TensorFlow, gRPC, aiohttp: some 350k objects) lives as long as the process.
         # Frozen out of the cyclic collector's reach, it is no longer traversed by each full collection, such as
-        # the one after a version unloads, which holds the GIL: 150 ms became 45 ms (docs/performance.md).
+        # the one after a version unloads, which holds the GIL: 150 ms became 45 ms (docs/performance.md). The
+        # collection first, so that no garbage of the start-up is frozen with it.
+        gc.collect()
         gc.freeze()
         self.manager.start()
 

@@ -47,16 +47,13 @@ def test_tfod2_ssd_default_gets_tfod2s_combined_nms_with_the_configured_threshol
     (FIXED, "soft_nms_sigma: 0.5", "soft_nms_sigma"),
     (FIXED, "use_static_shapes: true", "use_static_shapes"),
     (FIXED, "use_combined_nms: true", "already sets use_combined_nms"),
-    (KEEP_ASPECT, "", "change_coordinate_frame with a keep_aspect_ratio_resizer"),
+    (KEEP_ASPECT, "", "a keep_aspect_ratio_resizer (its clip window is not always the whole image)"),
+    (KEEP_ASPECT, "change_coordinate_frame: false", "keep_aspect_ratio_resizer"),
 ])
 def test_settings_the_combined_kernel_would_answer_differently_keep_the_models_nms(resizer, nms, reason):
     chosen = combined_nms(config(resizer, nms))
     assert chosen.function is None
     assert reason in chosen.reason
-
-
-def test_keep_aspect_ratio_without_a_coordinate_change_gets_it():
-    assert combined_nms(config(KEEP_ASPECT, "change_coordinate_frame: false")).function is not None
 
 
 def test_models_other_than_ssd_keep_their_nms():

@@ -97,16 +97,18 @@ def test_folding_replaces_each_norm_by_a_bias_add_of_its_name_and_leaves_no_inpu
 
 
 def _anchored_network():
-    """A conv whose output is offset by a constant computed in the graph (as SSD's anchors are) and, twice over,
-    by the same expression of the input (a common subexpression), as a concrete function."""
+    """A conv whose output is offset by a constant computed in the graph (as SSD's anchors are), by the same
+    expression of the input twice (a common subexpression), and an input the outputs do not read; per image
+    through a map_fn (a loop, as TFOD2's own NMS runs; freezing lowers it to Enter/Merge/Switch/Exit)."""
     filters = tf.Variable(np.random.default_rng(5).normal(0, 0.5, (3, 3, 3, 4)).astype(np.float32))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
-    def network(images):
-        grid = tf.cast(tf.stack(tf.meshgrid(tf.range(8), tf.range(8)), axis=-1), tf.float32)  # constant
-        offset = tf.reduce_sum(grid * 0.125, axis=-1, keepdims=True)
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32), tf.TensorSpec([None], tf.int32)])
+    def network(images, unused):
+        rows, columns = tf.meshgrid(tf.range(8), tf.range(8))  # constant: Range, Reshape, Tile ...
+        offset = tf.cast(rows + columns, tf.float32)[..., tf.newaxis] * 0.125
         features = tf.nn.conv2d(images, filters, 1, "SAME") + offset
-        return {"scores": tf.sigmoid(features) + tf.sigmoid(features), "raw": features}
+        per_image = tf.map_fn(lambda image: tf.reduce_max(image, axis=[0, 1]), features)
+        return {"scores": tf.sigmoid(features) + tf.sigmoid(features), "raw": features, "per_image": per_image}
 
     function = network.get_concrete_function()
     function.keep_alive = filters
@@ -116,19 +118,22 @@ def _anchored_network():
 def test_simplify_folds_constants_and_merges_repeats_with_the_same_answers_and_no_device_kernels():
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    from detserve.export.graph_optimization import simplify
+    from detserve.export.graph_optimization import _source, simplify
 
     function = _anchored_network()
-    graph_def = convert_variables_to_constants_v2(function).graph.as_graph_def()
-    outputs = [tensor.name.split(":")[0] for tensor in convert_variables_to_constants_v2(function).outputs]
-    simplified = simplify(graph_def, outputs)
+    constant = convert_variables_to_constants_v2(function)
+    graph_def = constant.graph.as_graph_def()
+    simplified = simplify(graph_def, [_source(tensor.name) for tensor in [*constant.inputs, *constant.outputs]])
     before, after = Counter(node.op for node in graph_def.node), Counter(node.op for node in simplified.node)
-    assert before["Range"] and before["Meshgrid"] + before["Reshape"] + before["Tile"] > 0
-    assert not after["Range"] and not {"Meshgrid", "Tile"} & set(after)  # the grid is one Const now
-    assert after["Sigmoid"] == 1 < before["Sigmoid"]  # the repeated expression runs once
+    assert before["Range"] == 2 and before["Tile"] + before["Reshape"] > 0
+    assert not after["Range"] and not after["Tile"]  # the grid is one Const now
+    assert before["Sigmoid"] == 2 and after["Sigmoid"] == 1  # the repeated expression runs once
     assert not [op for op in after if op.startswith("_")]  # no fused kernels: those are the server's to pick
-    assert after["Placeholder"] == before["Placeholder"] == 1
+    placeholders = {node.name for node in simplified.node if node.op == "Placeholder"}
+    assert {"images", "unused"} <= placeholders and after["Placeholder"] == before["Placeholder"]  # still feedable
+    assert after["LoopCond"] == before["LoopCond"] == 1  # the loop survives
     frozen = freeze(function)
-    images = tf.constant(np.random.default_rng(6).uniform(0, 1, (2, 8, 8, 3)).astype(np.float32))
-    for key, value in function(images).items():
-        np.testing.assert_array_equal(frozen(images)[key].numpy(), value.numpy())
+    images = tf.constant(np.random.default_rng(6).uniform(0, 1, (3, 8, 8, 3)).astype(np.float32))
+    unused = tf.constant([1, 2, 3])
+    for key, value in function(images, unused).items():
+        np.testing.assert_allclose(frozen(images, unused)[key].numpy(), value.numpy(), rtol=1e-6, atol=1e-6)
