@@ -264,25 +264,25 @@ def bare_import_s() -> float:
     return time.perf_counter() - started
 
 
-def one_size_warmup_repository(args, work: Path, batching: Path, batches: str) -> tuple[Path, str]:
-    """A repository holding a copy of the latest version whose warmup is one record per signature at the
+def one_size_warmup_repository(args, template: Path, work: Path, batching: Path, batches: str) -> tuple[Path, str]:
+    """A repository holding a copy of version ``template`` whose warmup is one record per signature at the
     ``batches`` ("smallest" or "largest") batch size the server's ``batching`` config forms (``detserve export
     --warmup-batches ...``), and what its warmup file holds."""
     from serving_harness import install_version
 
     from detserve.export.warmup import warmup_batch_sizes, write_warmup_file
 
-    template = latest_version(args.repository / args.model)
     copy = install_version(template, work / f"{batches}-warmup" / args.model, int(template.name))
     info = write_warmup_file(copy, args.model, warmup_batch_sizes([batching], batches))
     return copy.parents[1], f"{info.records} at batch {info.batch_sizes[0]}"
 
 
-def exported_warmup(args) -> str:
+def exported_warmup(version_dir: Path) -> str:
+    """What the warmup file of ``version_dir`` holds, as the swap table's heading names it."""
     from detserve.export.warmup import read_warmup_file, warmup_path
 
-    template = latest_version(args.repository / args.model)
-    return f"{len(read_warmup_file(warmup_path(template))) if warmup_path(template).is_file() else 0} records as exported"
+    path = warmup_path(version_dir)
+    return f"{len(read_warmup_file(path)) if path.is_file() else 0} records as exported"
 
 
 def cold_start_part(args, servers: Servers, variants: dict[str, Path]) -> list[str]:
@@ -409,9 +409,9 @@ def main() -> int:
         batching = serving.batching_file(argparse.Namespace(batch_threads=0, batching_parameters_file=None), work,
                                          tuned=False)
         servers = Servers(args, batching, work)
-        variants, held = {"as exported": args.repository}, [exported_warmup(args)]
+        variants, held = {"as exported": args.repository}, [exported_warmup(version_dir)]
         for batches in ("smallest", "largest"):
-            repository, holds = one_size_warmup_repository(args, work, batching, batches)
+            repository, holds = one_size_warmup_repository(args, version_dir, work, batching, batches)
             variants[f"{batches} batch only"] = repository
             held.append(holds)
         in_process = serving.InProcess(version_dir, images, jpegs)
